@@ -1,0 +1,127 @@
+"""The losses of PAPER.md, with their masks, plus metrics for the CF terms.
+
+Both losses read a mask packed into y_true as its last column (data.py):
+  * labels: y_true = [multi-hot (C), labelled (1)]; the loss averages over
+    labelled items only, so unlabelled items add nothing (and the mean is not
+    diluted by them);
+  * cf: y_true = [target (d), weight (1)]; weight 0 means "no CF vector": the
+    item is masked, never dropped, so it still trains the classifier.
+
+Losses return one scalar per batch and are computed in float32 whatever the
+mixed-precision policy.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+EPSILON = 1e-7
+
+
+def positive_weights(labels, labelled):
+    """Per-class positive weight N_labelled / n_pos(c) from the training labels (numpy)."""
+    labelled_labels = labels[labelled]
+    positives = np.maximum(labelled_labels.sum(axis=0), 1.0)
+    return (len(labelled_labels) / positives).astype(np.float32)
+
+
+@keras.saving.register_keras_serializable("cfimage")
+class MaskedWeightedBCE(keras.losses.Loss):
+    """Binary cross-entropy with per-class positive weights, over labelled items.
+
+    Per item: mean over classes of -(w_c y log p + (1 - y) log(1 - p)); then
+    the mean over the labelled items of the batch (0 when none is labelled).
+    """
+
+    def __init__(self, pos_weight, name="masked_weighted_bce", **kwargs):
+        super().__init__(name=name, reduction="sum_over_batch_size", **kwargs)
+        self.pos_weight = [float(w) for w in pos_weight]
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "float32")
+        labels, mask = y_true[:, :-1], y_true[:, -1]
+        p = ops.clip(ops.cast(y_pred, "float32"), EPSILON, 1.0 - EPSILON)
+        w = ops.convert_to_tensor(self.pos_weight, "float32")
+        per_item = -ops.mean(w * labels * ops.log(p) + (1.0 - labels) * ops.log(1.0 - p), axis=1)
+        return ops.sum(per_item * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+    def get_config(self):
+        return {"pos_weight": self.pos_weight, "name": self.name}
+
+
+@keras.saving.register_keras_serializable("cfimage")
+class MaskedCrossEntropy(keras.losses.Loss):
+    """Softmax cross-entropy for single-label catalogues, over labelled items."""
+
+    def __init__(self, name="masked_cross_entropy", **kwargs):
+        super().__init__(name=name, reduction="sum_over_batch_size", **kwargs)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "float32")
+        labels, mask = y_true[:, :-1], y_true[:, -1]
+        p = ops.clip(ops.cast(y_pred, "float32"), EPSILON, 1.0)
+        per_item = -ops.sum(labels * ops.log(p), axis=1)
+        return ops.sum(per_item * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+
+def cf_item_error(y_true, y_pred):
+    """Per-item (mse, l1) between predicted and target CF vectors, and the weights."""
+    y_true = ops.cast(y_true, "float32")
+    target, weight = y_true[:, :-1], y_true[:, -1]
+    difference = ops.cast(y_pred, "float32") - target
+    return ops.mean(difference ** 2, axis=1), ops.mean(ops.abs(difference), axis=1), weight
+
+
+@keras.saving.register_keras_serializable("cfimage")
+class CFReconstructionLoss(keras.losses.Loss):
+    """PAPER.md's CF loss: Σ w_i (exp(ℓ_i) − 1) / Σ w_i, ℓ_i = MSE_i + L1_i.
+
+    exp() explodes when predictions start far from the targets (PAPER.md,
+    "Weak spots"), so above ℓ = `linear_above` it continues as its tangent
+    line: the value and gradient are exact below the threshold, finite above.
+    """
+
+    def __init__(self, linear_above=6.0, name="cf_reconstruction", **kwargs):
+        super().__init__(name=name, reduction="sum_over_batch_size", **kwargs)
+        self.linear_above = float(linear_above)
+
+    def call(self, y_true, y_pred):
+        mse, l1, weight = cf_item_error(y_true, y_pred)
+        ell = mse + l1
+        t = self.linear_above
+        exp_part = ops.exp(ops.minimum(ell, t)) - 1.0
+        linear_part = ops.exp(t) * ops.maximum(ell - t, 0.0)
+        per_item = exp_part + linear_part
+        return ops.sum(per_item * weight) / ops.maximum(ops.sum(weight), EPSILON)
+
+    def get_config(self):
+        return {"linear_above": self.linear_above, "name": self.name}
+
+
+@keras.saving.register_keras_serializable("cfimage")
+class CFError(keras.metrics.Metric):
+    """Weighted mean over items with a CF vector of their MSE or L1 error (to log both terms)."""
+
+    def __init__(self, kind="mse", name=None, **kwargs):
+        super().__init__(name=name or f"cf_{kind}", **kwargs)
+        if kind not in ("mse", "l1"):
+            raise ValueError(f"kind must be 'mse' or 'l1', got {kind!r}")
+        self.kind = kind
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        mse, l1, weight = cf_item_error(y_true, y_pred)
+        values = mse if self.kind == "mse" else l1
+        self.total.assign_add(ops.sum(values * weight))
+        self.count.assign_add(ops.sum(weight))
+
+    def result(self):
+        return self.total / ops.maximum(self.count, EPSILON)
+
+    def reset_state(self):
+        self.total.assign(0.0)
+        self.count.assign(0.0)
+
+    def get_config(self):
+        return {"kind": self.kind, "name": self.name}

@@ -1,0 +1,73 @@
+"""The export is checked the way TF Serving sees it: loaded without cfimage."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import tensorflow as tf
+
+from cfimage import data, export
+from cfimage import model as model_lib
+
+SIZE = (40, 32)
+
+
+def _images():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, size=(50, 40, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, size=(20, 70, 1), dtype=np.uint8)
+    return [tf.io.encode_jpeg(a).numpy(), tf.io.encode_png(b).numpy()]
+
+
+def test_export_layout_signature_and_fresh_process_scores(tmp_path):
+    model = model_lib.build_model("efficientnet_b0", "none", SIZE, 3, True, 4)
+    path = export.export_saved_model(model, ["x", "y", "z"], SIZE, str(tmp_path), "demo")
+    assert path == os.path.join(str(tmp_path), "demo", "1")
+    assert sorted(os.listdir(tmp_path / "demo")) == ["1"]  # no temporary directory left
+    assert export.next_version(str(tmp_path / "demo")) == 2
+    with open(os.path.join(path, "assets.extra", "labels.txt")) as f:
+        assert f.read().split() == ["x", "y", "z"]
+
+    images = _images()
+    pixels = np.stack([data.decode_and_resize(b, SIZE).numpy() for b in images])
+    expected = np.asarray(model(pixels.astype(np.float32), training=False)["labels"])
+    for i, b in enumerate(images):
+        (tmp_path / f"img{i}").write_bytes(b)
+
+    # A fresh interpreter that never imports cfimage, as a serving process would.
+    script = textwrap.dedent(f"""
+        import json, sys
+        import tensorflow as tf
+        assert "cfimage" not in sys.modules
+        model = tf.saved_model.load({path!r})
+        serve = model.signatures["serving_default"]
+        images = [open({str(tmp_path)!r} + f"/img{{i}}", "rb").read() for i in range(2)]
+        out = serve(images=tf.constant(images))
+        print(json.dumps({{"scores": out["scores"].numpy().tolist(),
+                          "dtype": out["scores"].dtype.name,
+                          "names": [[n.decode() for n in row]
+                                    for row in out["label_names"].numpy()]}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONPATH": ""},
+                            cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    served = json.loads(result.stdout.strip().splitlines()[-1])
+    assert served["dtype"] == "float32"
+    assert served["names"] == [["x", "y", "z"]] * 2
+    np.testing.assert_allclose(served["scores"], expected, atol=1e-4)
+
+
+def test_saved_model_cli_lists_the_signature(tmp_path):
+    model = model_lib.build_model("efficientnet_b0", "none", SIZE, 2, True, 3)
+    path = export.export_saved_model(model, ["a", "b"], SIZE, str(tmp_path), "m", version=7)
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    result = subprocess.run([cli, "show", "--dir", path, "--all"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "signature_def['serving_default']" in result.stdout
+    assert "inputs['images']" in result.stdout and "dtype: DT_STRING" in result.stdout
+    assert "outputs['scores']" in result.stdout and "outputs['label_names']" in result.stdout
