@@ -1,0 +1,353 @@
+"""Stage 1: collaborative item vectors from an interaction log with a TFRS two-tower model.
+
+A user tower and an item tower (each StringLookup + Embedding) are trained with an in-batch
+softmax retrieval loss. The item tower's output for a catalogue item is that item's CF vector,
+the regression target of the image model's second output (stage 2).
+
+Flow of `train_two_tower`:
+  1. hold out a seeded, per-user random fraction of the (user, item) pairs, fit, and measure
+     held-out recall@k of the two-tower model against a popularity baseline;
+  2. refit a fresh model with the same settings on ALL interactions (held-out pairs are not
+     wasted) and read the item tower for the catalogue.
+
+Interaction weights (ratings, counts) are used as per-example loss weights, rescaled to mean 1
+over the fitted log so that the learning rate does not depend on their unit. Pass weight=1 to
+treat every row as one implicit interaction. Items that appear only in the log (no image) stay
+in training: they help to learn the user tower.
+
+TFRS 0.7.7 runs on Keras 2, so this module uses `tf.keras` (tf_keras, selected by
+TF_USE_LEGACY_KERAS=1 in cfimage/__init__.py); it never imports Keras 3.
+"""
+
+import dataclasses
+import time
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from cfimage.cf_io import align_embeddings, load_embeddings, save_embeddings, write_projector
+
+__all__ = [
+    "TwoTowerConfig", "CFResult", "TwoTowerModel", "train_two_tower", "recall_at_k",
+    "save_embeddings", "load_embeddings", "align_embeddings", "write_projector",
+]
+
+
+@dataclasses.dataclass
+class TwoTowerConfig:
+    """Stage-1 settings.
+
+    Defaults measured on MovieLens ml-latest-small (100,836 ratings, 610 users; 2 CPU cores):
+    held-out recall@10 0.250 vs popularity 0.119, about 40 s for both fits. Temperature 1.0
+    beat 0.05-0.5 there (0.21-0.22); without logQ correction recall fell to 0.07.
+    """
+    embedding_dim: int = 32
+    epochs: int = 5
+    batch_size: int = 1024
+    # Adagrad: per-row step sizes suit sparse embedding updates (rarely seen items keep large
+    # steps) and, unlike Adam, it does not move rows that are absent from the batch.
+    learning_rate: float = 0.1
+    temperature: float = 1.0
+    l2: float = 0.0
+    holdout_fraction: float = 0.1  # Per-user random holdout of (user, item) pairs for recall@k.
+    recall_k: int = 10
+    min_interactions: int = 1  # Items with fewer rows in the full log get no vector (masked).
+    logq_correction: bool = True  # Sampling-bias correction via candidate_sampling_probability.
+    remove_accidental_hits: bool = True
+    seed: int = 0
+
+    def validate(self):
+        checks = [
+            (self.embedding_dim >= 1, "embedding_dim must be >= 1"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 2, "batch_size must be >= 2 (in-batch negatives)"),
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.temperature > 0, "temperature must be > 0"),
+            (self.l2 >= 0, "l2 must be >= 0"),
+            (0 <= self.holdout_fraction < 1, "holdout_fraction must be in [0, 1)"),
+            (self.recall_k >= 1, "recall_k must be >= 1"),
+            (self.min_interactions >= 1, "min_interactions must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"TwoTowerConfig: {message}; got {self}")
+
+
+@dataclasses.dataclass
+class CFResult:
+    item_ids: np.ndarray  # (n_items,) str: the catalogue ids passed in, same order.
+    vectors: np.ndarray  # (n_items, d) float32; all zeros where has_vector is False.
+    has_vector: np.ndarray  # (n_items,) bool.
+    user_ids: np.ndarray  # (n_users,) str.
+    user_vectors: np.ndarray  # (n_users, d) float32: user tower outputs.
+    metrics: dict
+
+
+class TwoTowerModel(tfrs.Model):
+    """User tower and item tower, scored by dot product, trained with in-batch softmax."""
+
+    def __init__(self, user_ids, item_ids, config):
+        super().__init__()
+        regularizer = tf.keras.regularizers.l2(config.l2) if config.l2 > 0 else None
+
+        def tower(vocabulary, name):
+            # Index 0 is the out-of-vocabulary bucket; it is never a training target.
+            return tf.keras.Sequential([
+                tf.keras.layers.StringLookup(vocabulary=list(vocabulary), mask_token=None),
+                tf.keras.layers.Embedding(len(vocabulary) + 1, config.embedding_dim,
+                                          embeddings_regularizer=regularizer),
+            ], name=name)
+
+        self.user_model = tower(user_ids, "user_tower")
+        self.item_model = tower(item_ids, "item_tower")
+        self.logq_correction = config.logq_correction
+        self.remove_accidental_hits = config.remove_accidental_hits
+        # No factorized top-k metrics: recall is computed by brute force in numpy afterwards.
+        self.task = tfrs.tasks.Retrieval(
+            temperature=config.temperature,
+            remove_accidental_hits=config.remove_accidental_hits)
+        # tfrs.Model reports the LAST batch's summed loss as "loss"; this tracks the epoch's
+        # mean loss per interaction, which is what the progress lines and TensorBoard show.
+        self.example_loss = tf.keras.metrics.Mean(name="example_loss")
+
+    def compute_loss(self, features, training=False):
+        user_embeddings = self.user_model(features["user_id"])
+        item_embeddings = self.item_model(features["item_id"])
+        # The task's loss is summed over the batch (TFRS default), so the step size is that of
+        # the TFRS examples; Adagrad's accumulator makes it largely insensitive to that scale.
+        loss = self.task(
+            user_embeddings, item_embeddings,
+            sample_weight=features["weight"],
+            candidate_sampling_probability=(
+                features["item_probability"] if self.logq_correction else None),
+            candidate_ids=features["item_id"] if self.remove_accidental_hits else None,
+            compute_metrics=False, compute_batch_metrics=False)
+        batch = tf.cast(tf.shape(user_embeddings)[0], tf.float32)
+        self.example_loss.update_state(loss / batch, sample_weight=batch)
+        return loss
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks and splitting.
+
+def _clean_interactions(interactions):
+    if not isinstance(interactions, pd.DataFrame):
+        raise ValueError(f"interactions must be a pandas DataFrame, got {type(interactions)}")
+    missing = {"user_id", "item_id"} - set(interactions.columns)
+    if missing:
+        raise ValueError(
+            f"interactions: missing column(s) {sorted(missing)}; have {list(interactions.columns)}")
+    if len(interactions) == 0:
+        raise ValueError("interactions: empty log; stage 1 needs at least one interaction")
+    frame = interactions[["user_id", "item_id"]].copy()
+    for column in ("user_id", "item_id"):
+        bad = frame[column].isna().to_numpy()
+        if bad.any():
+            raise ValueError(f"interactions: row {int(np.argmax(bad))}: missing {column}")
+        frame[column] = frame[column].astype(str)
+    if "weight" in interactions.columns:
+        weight = pd.to_numeric(interactions["weight"], errors="coerce").to_numpy(np.float64)
+        bad = ~(np.isfinite(weight) & (weight > 0))
+        if bad.any():
+            row = int(np.argmax(bad))
+            value = interactions["weight"].tolist()[row]
+            raise ValueError(
+                f"interactions: row {row}: weight {value!r} is not a finite number > 0")
+    else:
+        weight = np.ones(len(frame))
+    frame["weight"] = weight
+    return frame.reset_index(drop=True)
+
+
+def split_holdout(frame, fraction, seed):
+    """Per-user random holdout of distinct (user, item) pairs -> (train, heldout) frames.
+
+    Users with >= 2 distinct items hold out max(1, floor(fraction * n_items)) of them, at most
+    n_items - 1. All rows of a held-out pair leave training, so a held-out item is never also a
+    training item of the same user.
+    """
+    pairs = frame[["user_id", "item_id"]].drop_duplicates().reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    pairs["order"] = rng.random(len(pairs))
+    pairs["rank"] = pairs.groupby("user_id")["order"].rank(method="first") - 1
+    size = pairs.groupby("user_id")["item_id"].transform("size")
+    n_hold = np.where(size >= 2, np.clip(np.floor(fraction * size), 1, size - 1), 0)
+    held = pairs.loc[pairs["rank"] < n_hold, ["user_id", "item_id"]]
+    marked = frame.merge(held.assign(held=True), on=["user_id", "item_id"], how="left")
+    is_held = marked["held"].fillna(False).to_numpy(bool)
+    return frame[~is_held].reset_index(drop=True), frame[is_held].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting.
+
+def _fit(frame, config, log, phase, writer):
+    """Fits a fresh TwoTowerModel on `frame`; returns (model, user vocab, item vocab, losses)."""
+    tf.keras.utils.set_random_seed(config.seed)
+    user_vocab = np.array(sorted(frame["user_id"].unique()))
+    item_vocab = np.array(sorted(frame["item_id"].unique()))
+    counts = frame["item_id"].value_counts()
+    # logQ: probability that an item is a row's candidate, i.e. its frequency in the fitted log.
+    probability = (frame["item_id"].map(counts) / len(frame)).to_numpy(np.float32)
+    weight = frame["weight"].to_numpy(np.float64)
+    features = {
+        "user_id": frame["user_id"].to_numpy(str),
+        "item_id": frame["item_id"].to_numpy(str),
+        "weight": (weight / weight.mean()).astype(np.float32),
+        "item_probability": probability,
+    }
+    # Shuffle the whole log every epoch (seeded) so in-batch negatives change between epochs.
+    dataset = (tf.data.Dataset.from_tensor_slices(features)
+               .shuffle(len(frame), seed=config.seed, reshuffle_each_iteration=True)
+               .batch(config.batch_size)
+               .prefetch(tf.data.AUTOTUNE))
+    model = TwoTowerModel(user_vocab, item_vocab, config)
+    model.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
+
+    losses = []
+    start = time.time()
+
+    def on_epoch_end(epoch, logs):
+        losses.append(float(logs["example_loss"]))
+        log(f"stage 1 [{phase}] epoch {epoch + 1}/{config.epochs}: loss {losses[-1]:.4f} "
+            f"(mean softmax cross-entropy per interaction; {time.time() - start:.1f}s)")
+        if writer is not None:
+            with writer.as_default():
+                tf.summary.scalar(f"stage1/{phase}/loss", losses[-1], step=epoch + 1)
+
+    model.fit(dataset, epochs=config.epochs, verbose=0,
+              callbacks=[tf.keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)])
+    return model, user_vocab, item_vocab, losses
+
+
+def _tower_outputs(tower, ids, batch_size=8192):
+    ids = np.asarray(ids, dtype=str)
+    parts = [tower(tf.constant(ids[i:i + batch_size])).numpy()
+             for i in range(0, len(ids), batch_size)]
+    if not parts:
+        return np.zeros((0, tower.layers[-1].output_dim), np.float32)
+    return np.concatenate(parts).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation.
+
+def recall_at_k(user_scores, train_items, heldout_items, k, chunk=1024):
+    """Mean over users of |top-k ∩ heldout| / min(k, |heldout|).
+
+    user_scores: (n_users, n_candidates) array, or a callable (row slice) -> that block, to keep
+    memory bounded. train_items / heldout_items: per user, arrays of candidate column indices.
+    A user's training items are excluded from the ranking; users without held-out items are
+    skipped. Held-out items outside the candidate set must be passed as -1: they count in the
+    denominator but can never be hit.
+    """
+    get = user_scores if callable(user_scores) else (lambda rows: user_scores[rows])
+    recalls = []
+    n_users = len(train_items)
+    for begin in range(0, n_users, chunk):
+        rows = slice(begin, min(begin + chunk, n_users))
+        scores = np.array(get(rows), dtype=np.float64)
+        for r, user in enumerate(range(rows.start, rows.stop)):
+            heldout = heldout_items[user]
+            if len(heldout) == 0:
+                continue
+            train = train_items[user]
+            scores[r, train[train >= 0]] = -np.inf
+            top = min(k, scores.shape[1])
+            top_k = np.argpartition(-scores[r], top - 1)[:top]
+            hits = len(np.intersect1d(top_k, heldout[heldout >= 0]))
+            recalls.append(hits / min(k, len(heldout)))
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def _evaluate(model, user_vocab, item_vocab, train, heldout, k):
+    """Held-out recall@k of the model and of train-set popularity, over training items."""
+    column = {item: j for j, item in enumerate(item_vocab)}
+    users = np.array(sorted(heldout["user_id"].unique()))
+    user_row = {user: i for i, user in enumerate(users)}
+
+    def per_user(frame, missing):
+        frame = frame[frame["user_id"].isin(user_row)].drop_duplicates(["user_id", "item_id"])
+        cols = frame["item_id"].map(column).fillna(missing).astype(np.int64).to_numpy()
+        rows = frame["user_id"].map(user_row).to_numpy()
+        out = [np.zeros(0, np.int64) for _ in users]
+        for i, group in pd.Series(cols).groupby(rows):
+            out[i] = group.to_numpy()
+        return out
+
+    train_items = per_user(train, missing=-1)
+    heldout_items = per_user(heldout, missing=-1)  # Items unseen in training: -1, never hit.
+    user_vectors = _tower_outputs(model.user_model, users)
+    item_vectors = _tower_outputs(model.item_model, item_vocab)
+    two_tower = recall_at_k(lambda rows: user_vectors[rows] @ item_vectors.T,
+                            train_items, heldout_items, k)
+    counts = train["item_id"].value_counts().reindex(item_vocab).to_numpy(np.float64)
+    popularity = recall_at_k(lambda rows: np.tile(counts, (rows.stop - rows.start, 1)),
+                             train_items, heldout_items, k)
+    return two_tower, popularity, len(users)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point.
+
+def train_two_tower(interactions, item_ids, config, log=print, tensorboard_dir=None):
+    """Learns CF vectors for the catalogue `item_ids` from `interactions`; returns a CFResult.
+
+    interactions: DataFrame with user_id, item_id (str) and optional weight (> 0, default 1);
+    it may hold items outside the catalogue (kept in training). Catalogue items with fewer than
+    config.min_interactions rows get zeros and has_vector False.
+    """
+    config.validate()
+    frame = _clean_interactions(interactions)
+    catalogue = np.asarray(item_ids).astype(str)
+    if catalogue.ndim != 1 or len(catalogue) == 0:
+        raise ValueError("item_ids: the catalogue must be a non-empty 1-d list of ids")
+    counts = frame["item_id"].value_counts()
+    catalogue_counts = counts.reindex(catalogue).fillna(0).to_numpy(np.int64)
+    if not (catalogue_counts > 0).any():
+        raise ValueError(
+            f"no catalogue item has any interaction (catalogue ids look like "
+            f"{list(catalogue[:3])}, log item ids like {list(counts.index[:3])})")
+    writer = tf.summary.create_file_writer(tensorboard_dir) if tensorboard_dir else None
+    k = config.recall_k
+    metrics = {"n_interactions": len(frame), "n_users": int(frame["user_id"].nunique()),
+               "n_log_items": len(counts)}
+
+    # 1. Held-out evaluation.
+    if config.holdout_fraction > 0:
+        train, heldout = split_holdout(frame, config.holdout_fraction, config.seed)
+        if len(heldout) == 0 or len(train) == 0:
+            log("stage 1: no user has 2+ distinct items; skipping held-out evaluation")
+        else:
+            start = time.time()
+            model, user_vocab, item_vocab, _ = _fit(train, config, log, "holdout", writer)
+            two_tower, popularity, n_eval = _evaluate(
+                model, user_vocab, item_vocab, train, heldout, k)
+            metrics.update({f"recall@{k}": two_tower, f"popularity_recall@{k}": popularity,
+                            "n_train": len(train), "n_heldout": len(heldout),
+                            "n_eval_users": n_eval, "holdout_seconds": time.time() - start})
+            log(f"stage 1: recall@{k} two-tower {two_tower:.3f} vs popularity "
+                f"{popularity:.3f} (n_users={n_eval}, n_heldout={len(heldout)}, "
+                f"n_train={len(train)})")
+            if writer is not None:
+                with writer.as_default():
+                    tf.summary.scalar(f"stage1/recall@{k}/two_tower", two_tower, step=0)
+                    tf.summary.scalar(f"stage1/recall@{k}/popularity", popularity, step=0)
+
+    # 2. Refit on everything and read the towers.
+    start = time.time()
+    model, user_vocab, _, losses = _fit(frame, config, log, "full", writer)
+    metrics.update({"final_loss": losses[-1], "full_fit_seconds": time.time() - start})
+    has_vector = catalogue_counts >= config.min_interactions
+    vectors = _tower_outputs(model.item_model, catalogue)
+    vectors[~has_vector] = 0.0
+    metrics["n_items_with_vector"] = int(has_vector.sum())
+    log(f"stage 1: vectors for {int(has_vector.sum())}/{len(catalogue)} catalogue items "
+        f"(min_interactions={config.min_interactions}), d={config.embedding_dim}")
+    if writer is not None:
+        writer.flush()
+    return CFResult(item_ids=catalogue, vectors=vectors, has_vector=has_vector,
+                    user_ids=user_vocab, user_vectors=_tower_outputs(model.user_model, user_vocab),
+                    metrics=metrics)
