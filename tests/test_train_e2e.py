@@ -1,0 +1,109 @@
+"""End to end: the real entry point on a tiny generated catalogue, then the export served
+by a fresh Python process that never imports cfimage."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+TINY = ["--demo_items=120", "--demo_users=60", "--image_size=32", "--epochs=2",
+        "--batch_size=16", "--cf_epochs=2"]
+
+
+def run_train(args, cwd):
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(ROOT)}
+    return subprocess.run([sys.executable, "-m", "cfimage.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("e2e")
+    result = run_train(TINY + [f"--workdir={base}/run", f"--export_dir={base}/saved",
+                               "--model_name=tiny"], cwd=str(base))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return base, result.stdout
+
+
+def test_run_prints_metrics_and_fills_the_workdir(demo_run):
+    base, stdout = demo_run
+    assert "stage 1: recall@10 two-tower" in stdout and "vs popularity" in stdout
+    assert "macro mAP" in stdout and "precision@1" in stdout
+    run = base / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["macro_map"] <= 1.0
+    assert set(metrics["test"]["per_class_ap"]) <= {
+        "cross", "diamond", "disc", "hstripe", "ring", "square", "triangle", "vstripe"}
+    assert metrics["best_epoch"] in (1, 2)
+    assert "recall@10" in metrics["stage1"] and "popularity_recall@10" in metrics["stage1"]
+    assert "--epochs=2" in (run / "flags.txt").read_text()
+    assert (run / "checkpoints" / "best.weights.h5").is_file()
+    assert not (run / "backup").exists()  # removed once training finished
+    with np.load(run / "cf_embeddings.npz") as vectors:
+        assert vectors["vectors"].shape[1] == 32 and len(vectors["ids"]) > 50
+    tensorboard = run / "tensorboard"
+    assert list((tensorboard / "train").glob("events.out.tfevents.*"))
+    assert list((tensorboard / "validation").glob("events.out.tfevents.*"))
+    assert (tensorboard / "embeddings" / "projector_config.pbtxt").is_file()
+    history = (run / "history.csv").read_text().splitlines()
+    assert len(history) == 3 and "val_map" in history[0] and "cf_mse" in history[0]
+
+
+def test_export_classifies_a_jpeg_in_a_fresh_process(demo_run):
+    base, _ = demo_run
+    export = base / "saved" / "tiny" / "1"
+    assert (export / "saved_model.pb").is_file()
+    script = textwrap.dedent(f"""
+        import sys
+        import tensorflow as tf
+        png = tf.io.read_file({str(base / 'run' / 'demo_catalogue' / 'images' / 'item00003.png')!r})
+        jpeg = tf.io.encode_jpeg(tf.io.decode_png(png, channels=3)).numpy()
+        serve = tf.saved_model.load({str(export)!r}).signatures["serving_default"]
+        out = serve(images=tf.constant([jpeg, jpeg]))
+        assert "cfimage" not in sys.modules
+        names = [n.decode() for n in out["label_names"].numpy()[0]]
+        scores = out["scores"].numpy()
+        print(scores.shape, ",".join(names), float(scores.min()), float(scores.max()))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, cwd=str(base), env={**os.environ, "PYTHONPATH": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    shape, names, low, high = result.stdout.strip().splitlines()[-1].rsplit(" ", 3)
+    assert shape == "(2, 8)"
+    assert names == "cross,diamond,disc,hstripe,ring,square,triangle,vstripe"
+    assert 0.0 < float(low) <= float(high) < 1.0
+
+
+def test_user_vectors_skip_stage_1(demo_run, tmp_path):
+    base, _ = demo_run
+    ids = [f"item{i:05d}" for i in range(0, 120, 2)]  # half the items: the rest are masked
+    rng = np.random.default_rng(0)
+    lines = ["item_id,v0,v1,v2"] + [f"{i},{a:.4f},{b:.4f},{c:.4f}"
+                                    for i, (a, b, c) in zip(ids, rng.normal(size=(60, 3)))]
+    (tmp_path / "vectors.csv").write_text("\n".join(lines) + "\n")
+    result = run_train(TINY + [f"--catalogue={base}/run/demo_catalogue", "--epochs=1",
+                               f"--cf_embeddings={tmp_path}/vectors.csv",
+                               f"--workdir={tmp_path}/run", "--noexport"], cwd=str(tmp_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "stage 1 skipped" in result.stdout
+    assert "CF targets: 60/120 items have a vector (dim 3)" in result.stdout
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--label_ratio=0", "--label_ratio=0.0: must be in (0, 1]"),
+    ("--cf_weight=-1", "λ must be >= 0"),
+    ("--image_size=8", "sides >= 32"),
+    ("--backbone=resnet50", "unknown backbone 'resnet50'"),
+])
+def test_bad_flags_give_one_clear_message(tmp_path, flag, message):
+    result = run_train(TINY + [flag, f"--workdir={tmp_path}/run", "--noexport"],
+                       cwd=str(tmp_path))
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
