@@ -6,9 +6,16 @@ the regression target of the image model's second output (stage 2).
 
 Flow of `train_two_tower`:
   1. hold out a seeded, per-user random fraction of the (user, item) pairs, fit, and measure
-     held-out recall@k of the two-tower model against a popularity baseline;
+     held-out recall@k of the two-tower model against popularity and a truncated-SVD
+     recommender (cfimage.cf_baselines) fitted on the same training rows
+     (`holdout_metrics`);
   2. refit a fresh model with the same settings on ALL interactions (held-out pairs are not
      wasted) and read the item tower for the catalogue.
+
+`min_rating` drops interactions whose weight is below it before either fit. The held-out split
+is drawn from the whole log first, so the evaluation (which pairs are held out, which known
+items are excluded from a user's ranking) does not depend on `min_rating`: a held-out pair
+counts whatever its rating, i.e. recall measures how well the model predicts interactions.
 
 Interaction weights (ratings, counts) are used as per-example loss weights, rescaled to mean 1
 over the fitted log so that the learning rate does not depend on their unit. Pass weight=1 to
@@ -27,10 +34,13 @@ import pandas as pd
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from cfimage import cf_baselines
+from cfimage.cf_baselines import holdout_lists, recall_at_k
 from cfimage.cf_io import align_embeddings, load_embeddings, save_embeddings, write_projector
 
 __all__ = [
-    "TwoTowerConfig", "CFResult", "TwoTowerModel", "train_two_tower", "recall_at_k",
+    "TwoTowerConfig", "CFResult", "TwoTowerModel", "train_two_tower", "holdout_metrics",
+    "holdout_lists", "recall_at_k", "split_holdout",
     "save_embeddings", "load_embeddings", "align_embeddings", "write_projector",
 ]
 
@@ -39,23 +49,30 @@ __all__ = [
 class TwoTowerConfig:
     """Stage-1 settings.
 
-    Defaults measured on MovieLens ml-latest-small (100,836 ratings, 610 users; 2 CPU cores):
-    held-out recall@10 0.250 vs popularity 0.119, about 40 s for both fits. Temperature 1.0
-    beat 0.05-0.5 there (0.21-0.22); without logQ correction recall fell to 0.07.
+    Defaults tuned on MovieLens ml-latest-small (100,836 ratings, 610 users; 2 CPU cores) with
+    scripts/stage1_quality.py (docs/results/stage1_movielens.md): held-out recall@10 0.257 vs
+    truncated SVD (rank 32) 0.238 vs popularity 0.119 (seed 1 split: 0.256 vs 0.249 vs 0.115).
+    dim 64 beat 16/32/128 (0.231/0.249/0.254); l2 1e-3 added ~0.002-0.003 on both seeds;
+    10-20 epochs, temperature 0.5 or 2.0, and min_rating 3.5/4.0 were worse; without logQ
+    correction recall fell to 0.09.
     """
-    embedding_dim: int = 32
+    embedding_dim: int = 64
     epochs: int = 5
     batch_size: int = 1024
     # Adagrad: per-row step sizes suit sparse embedding updates (rarely seen items keep large
     # steps) and, unlike Adam, it does not move rows that are absent from the batch.
     learning_rate: float = 0.1
     temperature: float = 1.0
-    l2: float = 0.0
+    l2: float = 1e-3  # L2 on both embedding tables (Keras regulariser, added per batch).
     holdout_fraction: float = 0.1  # Per-user random holdout of (user, item) pairs for recall@k.
     recall_k: int = 10
     min_interactions: int = 1  # Items with fewer rows in the full log get no vector (masked).
     logq_correction: bool = True  # Sampling-bias correction via candidate_sampling_probability.
     remove_accidental_hits: bool = True
+    # Interactions with weight (e.g. rating) below this are dropped before fitting; None keeps all.
+    min_rating: float | None = None
+    svd_baseline: bool = True  # Also score a truncated-SVD recommender in the held-out run.
+    svd_rank: int = 32  # Best of 8-256 on MovieLens (0.238; 40: 0.239, 64: 0.227).
     seed: int = 0
 
     def validate(self):
@@ -69,6 +86,9 @@ class TwoTowerConfig:
             (0 <= self.holdout_fraction < 1, "holdout_fraction must be in [0, 1)"),
             (self.recall_k >= 1, "recall_k must be >= 1"),
             (self.min_interactions >= 1, "min_interactions must be >= 1"),
+            (self.min_rating is None or np.isfinite(self.min_rating),
+             "min_rating must be None or a finite number"),
+            (self.svd_rank >= 1, "svd_rank must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -234,59 +254,85 @@ def _tower_outputs(tower, ids, batch_size=8192):
 # ---------------------------------------------------------------------------------------------
 # Evaluation.
 
-def recall_at_k(user_scores, train_items, heldout_items, k, chunk=1024):
-    """Mean over users of |top-k ∩ heldout| / min(k, |heldout|).
+def _evaluate(model, user_vocab, item_vocab, known, fitted, heldout, config):
+    """Held-out recall@k of the two-tower model, popularity and (optionally) truncated SVD.
 
-    user_scores: (n_users, n_candidates) array, or a callable (row slice) -> that block, to keep
-    memory bounded. train_items / heldout_items: per user, arrays of candidate column indices.
-    A user's training items are excluded from the ranking; users without held-out items are
-    skipped. Held-out items outside the candidate set must be passed as -1: they count in the
-    denominator but can never be hit.
+    All three rank the same candidates (the items of the fitted rows) for the same users, with
+    each user's `known` (training) items excluded, through the same `recall_at_k`.
+    Popularity and SVD are fitted on `fitted`, the rows the two-tower model was trained on.
     """
-    get = user_scores if callable(user_scores) else (lambda rows: user_scores[rows])
-    recalls = []
-    n_users = len(train_items)
-    for begin in range(0, n_users, chunk):
-        rows = slice(begin, min(begin + chunk, n_users))
-        scores = np.array(get(rows), dtype=np.float64)
-        for r, user in enumerate(range(rows.start, rows.stop)):
-            heldout = heldout_items[user]
-            if len(heldout) == 0:
-                continue
-            train = train_items[user]
-            scores[r, train[train >= 0]] = -np.inf
-            top = min(k, scores.shape[1])
-            top_k = np.argpartition(-scores[r], top - 1)[:top]
-            hits = len(np.intersect1d(top_k, heldout[heldout >= 0]))
-            recalls.append(hits / min(k, len(heldout)))
-    return float(np.mean(recalls)) if recalls else float("nan")
-
-
-def _evaluate(model, user_vocab, item_vocab, train, heldout, k):
-    """Held-out recall@k of the model and of train-set popularity, over training items."""
+    k = config.recall_k
     column = {item: j for j, item in enumerate(item_vocab)}
-    users = np.array(sorted(heldout["user_id"].unique()))
-    user_row = {user: i for i, user in enumerate(users)}
-
-    def per_user(frame, missing):
-        frame = frame[frame["user_id"].isin(user_row)].drop_duplicates(["user_id", "item_id"])
-        cols = frame["item_id"].map(column).fillna(missing).astype(np.int64).to_numpy()
-        rows = frame["user_id"].map(user_row).to_numpy()
-        out = [np.zeros(0, np.int64) for _ in users]
-        for i, group in pd.Series(cols).groupby(rows):
-            out[i] = group.to_numpy()
-        return out
-
-    train_items = per_user(train, missing=-1)
-    heldout_items = per_user(heldout, missing=-1)  # Items unseen in training: -1, never hit.
+    users, train_items, heldout_items = holdout_lists(known, heldout, item_vocab)
     user_vectors = _tower_outputs(model.user_model, users)
     item_vectors = _tower_outputs(model.item_model, item_vocab)
-    two_tower = recall_at_k(lambda rows: user_vectors[rows] @ item_vectors.T,
-                            train_items, heldout_items, k)
-    counts = train["item_id"].value_counts().reindex(item_vocab).to_numpy(np.float64)
-    popularity = recall_at_k(lambda rows: np.tile(counts, (rows.stop - rows.start, 1)),
-                             train_items, heldout_items, k)
-    return two_tower, popularity, len(users)
+    metrics = {f"recall@{k}": recall_at_k(lambda rows: user_vectors[rows] @ item_vectors.T,
+                                          train_items, heldout_items, k)}
+    counts = fitted["item_id"].value_counts().reindex(item_vocab).to_numpy(np.float64)
+    metrics[f"popularity_recall@{k}"] = recall_at_k(
+        lambda rows: np.tile(counts, (rows.stop - rows.start, 1)), train_items, heldout_items, k)
+    if config.svd_baseline:
+        start = time.time()
+        fitted_row = {user: i for i, user in enumerate(user_vocab)}
+        matrix = cf_baselines.binary_matrix(fitted["user_id"].map(fitted_row),
+                                            fitted["item_id"].map(column),
+                                            len(user_vocab), len(item_vocab))
+        svd_users, svd_items = cf_baselines.svd_factors(matrix, config.svd_rank, config.seed)
+        # Evaluated users absent from the fitted rows (all their rows filtered) score zeros.
+        svd_users = np.concatenate([svd_users, np.zeros((1, svd_users.shape[1]), np.float32)])
+        eval_rows = np.array([fitted_row.get(user, -1) for user in users])
+        metrics[f"svd_recall@{k}"] = recall_at_k(
+            lambda rows: svd_users[eval_rows[rows]] @ svd_items.T,
+            train_items, heldout_items, k)
+        metrics["svd_rank"] = svd_items.shape[1]
+        metrics["svd_seconds"] = time.time() - start
+    metrics["n_eval_users"] = len(users)
+    return metrics
+
+
+def _filter_rating(frame, config):
+    if config.min_rating is None:
+        return frame
+    return frame[frame["weight"] >= config.min_rating].reset_index(drop=True)
+
+
+def _holdout(frame, config, log, writer):
+    """Step 1 of train_two_tower on a cleaned frame; returns metrics ({} when impossible)."""
+    k = config.recall_k
+    known, heldout = split_holdout(frame, config.holdout_fraction, config.seed)
+    fitted = _filter_rating(known, config)
+    if len(heldout) == 0 or len(fitted) == 0:
+        log("stage 1: no user has 2+ distinct items (or min_rating left no training row); "
+            "skipping held-out evaluation")
+        return {}
+    start = time.time()
+    model, user_vocab, item_vocab, _ = _fit(fitted, config, log, "holdout", writer)
+    metrics = _evaluate(model, user_vocab, item_vocab, known, fitted, heldout, config)
+    metrics.update({"n_train": len(known), "n_fitted": len(fitted), "n_heldout": len(heldout),
+                    "holdout_seconds": time.time() - start})
+    svd = (f" vs SVD {metrics[f'svd_recall@{k}']:.3f}" if config.svd_baseline else "")
+    log(f"stage 1: recall@{k} two-tower {metrics[f'recall@{k}']:.3f}{svd} vs popularity "
+        f"{metrics[f'popularity_recall@{k}']:.3f} (n_users={metrics['n_eval_users']}, "
+        f"n_heldout={len(heldout)}, n_train={len(known)}, fitted on {len(fitted)})")
+    if writer is not None:
+        with writer.as_default():
+            for name, key in [("two_tower", f"recall@{k}"), ("svd", f"svd_recall@{k}"),
+                              ("popularity", f"popularity_recall@{k}")]:
+                if key in metrics:
+                    tf.summary.scalar(f"stage1/recall@{k}/{name}", metrics[key], step=0)
+    return metrics
+
+
+def holdout_metrics(interactions, config, log=print):
+    """Only the held-out evaluation of train_two_tower (no refit): a dict of metrics.
+
+    For tuning: recall@k of the two-tower, popularity and SVD, as train_two_tower reports them.
+    """
+    config.validate()
+    if not 0 < config.holdout_fraction < 1:
+        raise ValueError(f"holdout_metrics: holdout_fraction must be in (0, 1); got "
+                         f"{config.holdout_fraction}")
+    return _holdout(_clean_interactions(interactions), config, log, None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,41 +350,31 @@ def train_two_tower(interactions, item_ids, config, log=print, tensorboard_dir=N
     catalogue = np.asarray(item_ids).astype(str)
     if catalogue.ndim != 1 or len(catalogue) == 0:
         raise ValueError("item_ids: the catalogue must be a non-empty 1-d list of ids")
-    counts = frame["item_id"].value_counts()
+    fitted = _filter_rating(frame, config)
+    if len(fitted) == 0:
+        raise ValueError(f"min_rating={config.min_rating} drops all {len(frame)} interactions "
+                         f"(weights range {frame['weight'].min()}-{frame['weight'].max()})")
+    counts = fitted["item_id"].value_counts()
     catalogue_counts = counts.reindex(catalogue).fillna(0).to_numpy(np.int64)
     if not (catalogue_counts > 0).any():
         raise ValueError(
             f"no catalogue item has any interaction (catalogue ids look like "
             f"{list(catalogue[:3])}, log item ids like {list(counts.index[:3])})")
     writer = tf.summary.create_file_writer(tensorboard_dir) if tensorboard_dir else None
-    k = config.recall_k
     metrics = {"n_interactions": len(frame), "n_users": int(frame["user_id"].nunique()),
-               "n_log_items": len(counts)}
+               "n_log_items": int(frame["item_id"].nunique())}
+    if config.min_rating is not None:
+        metrics["n_interactions_fitted"] = len(fitted)
+        log(f"stage 1: min_rating={config.min_rating} keeps {len(fitted)}/{len(frame)} "
+            "interactions")
 
     # 1. Held-out evaluation.
     if config.holdout_fraction > 0:
-        train, heldout = split_holdout(frame, config.holdout_fraction, config.seed)
-        if len(heldout) == 0 or len(train) == 0:
-            log("stage 1: no user has 2+ distinct items; skipping held-out evaluation")
-        else:
-            start = time.time()
-            model, user_vocab, item_vocab, _ = _fit(train, config, log, "holdout", writer)
-            two_tower, popularity, n_eval = _evaluate(
-                model, user_vocab, item_vocab, train, heldout, k)
-            metrics.update({f"recall@{k}": two_tower, f"popularity_recall@{k}": popularity,
-                            "n_train": len(train), "n_heldout": len(heldout),
-                            "n_eval_users": n_eval, "holdout_seconds": time.time() - start})
-            log(f"stage 1: recall@{k} two-tower {two_tower:.3f} vs popularity "
-                f"{popularity:.3f} (n_users={n_eval}, n_heldout={len(heldout)}, "
-                f"n_train={len(train)})")
-            if writer is not None:
-                with writer.as_default():
-                    tf.summary.scalar(f"stage1/recall@{k}/two_tower", two_tower, step=0)
-                    tf.summary.scalar(f"stage1/recall@{k}/popularity", popularity, step=0)
+        metrics.update(_holdout(frame, config, log, writer))
 
     # 2. Refit on everything and read the towers.
     start = time.time()
-    model, user_vocab, _, losses = _fit(frame, config, log, "full", writer)
+    model, user_vocab, _, losses = _fit(fitted, config, log, "full", writer)
     metrics.update({"final_loss": losses[-1], "full_fit_seconds": time.time() - start})
     has_vector = catalogue_counts >= config.min_interactions
     vectors = _tower_outputs(model.item_model, catalogue)

@@ -1,5 +1,6 @@
 """Tests for stage 1 (cfimage.cf_embeddings) and its file I/O (cfimage.cf_io)."""
 
+import dataclasses
 import glob
 import os
 
@@ -38,7 +39,7 @@ def planted_log(n_users=20, n_items=10, per_user=8, seed=0):
 
 CATALOGUE = [f"{group}{j}" for group in GROUPS for j in range(10)] + ["ghost"]
 FAST = dict(embedding_dim=8, epochs=30, batch_size=32, learning_rate=0.1, temperature=0.5,
-            holdout_fraction=0.3, recall_k=3, seed=0)
+            holdout_fraction=0.3, recall_k=3, svd_rank=4, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +59,17 @@ def test_planted_two_tower_beats_popularity(planted):
     assert recall > 0.5 and recall > popularity + 0.3, (recall, popularity)
     assert result.metrics["n_heldout"] > 0
     assert result.metrics["n_train"] + result.metrics["n_heldout"] == len(planted_log())
-    assert any(line.startswith("stage 1: recall@3 two-tower") and "vs popularity" in line
-               for line in lines)
+    assert any(line.startswith("stage 1: recall@3 two-tower") and "vs SVD" in line
+               and "vs popularity" in line for line in lines)
     assert sum("[holdout] epoch" in line for line in lines) == FAST["epochs"]
     assert sum("[full] epoch" in line for line in lines) == FAST["epochs"]
+
+
+def test_planted_svd_baseline_in_metrics(planted):
+    result, _, _ = planted
+    svd, popularity = result.metrics["svd_recall@3"], result.metrics["popularity_recall@3"]
+    assert svd > popularity + 0.3, (svd, popularity)
+    assert result.metrics["svd_rank"] == 4
 
 
 def test_planted_item_vectors_cluster_by_group(planted):
@@ -100,7 +108,8 @@ def test_tensorboard_scalars(planted):
                 tags.setdefault(value.tag, []).append(event.step)
     assert tags["stage1/holdout/loss"] == list(range(1, FAST["epochs"] + 1))
     assert tags["stage1/full/loss"] == list(range(1, FAST["epochs"] + 1))
-    assert "stage1/recall@3/two_tower" in tags and "stage1/recall@3/popularity" in tags
+    assert {"stage1/recall@3/two_tower", "stage1/recall@3/popularity",
+            "stage1/recall@3/svd"} <= set(tags)
 
 
 def test_min_interactions_masks_rare_items():
@@ -112,6 +121,46 @@ def test_min_interactions_masks_rare_items():
     np.testing.assert_array_equal(result.has_vector, [False, True, False])
     assert not result.vectors[0].any() and result.vectors[1].any()
     assert "recall@10" not in result.metrics  # holdout_fraction 0: no evaluation.
+
+
+def test_min_rating_drops_low_weights_before_fitting():
+    log = planted_log(n_users=4)
+    log["weight"] = 4.0
+    low = pd.DataFrame([("ua0", "meh", 2.0), ("ub0", "meh", 3.0), ("uc0", "a0", 1.0)],
+                       columns=log.columns)
+    log = pd.concat([log, low], ignore_index=True)
+    lines = []
+    config = ce.TwoTowerConfig(embedding_dim=4, epochs=1, batch_size=16, holdout_fraction=0.3,
+                               min_rating=3.5, svd_rank=3)
+    result = ce.train_two_tower(log, ["meh", "a0"], config, log=lines.append)
+    # "meh" only has ratings below 3.5: it is not fitted, so it gets no vector.
+    np.testing.assert_array_equal(result.has_vector, [False, True])
+    assert result.metrics["n_interactions"] == len(log)
+    assert result.metrics["n_interactions_fitted"] == len(log) - 3
+    assert "min_rating=3.5 keeps" in lines[0]
+    # The split is drawn from the whole log; only the fitted rows are filtered.
+    known = ce.split_holdout(ce._clean_interactions(log), 0.3, config.seed)[0]
+    assert result.metrics["n_train"] == len(known)
+    assert result.metrics["n_fitted"] == int((known["weight"] >= 3.5).sum())
+    with pytest.raises(ValueError, match="min_rating=5.0 drops all"):
+        ce.train_two_tower(log, ["a0"], dataclasses.replace(config, min_rating=5.0))
+
+
+def test_holdout_metrics_matches_train_two_tower():
+    config = ce.TwoTowerConfig(embedding_dim=4, epochs=2, batch_size=16, holdout_fraction=0.3,
+                               recall_k=3, svd_rank=4)
+    log = planted_log(n_users=6)
+    metrics = ce.holdout_metrics(log, config, log=lambda s: None)
+    assert {"recall@3", "svd_recall@3", "popularity_recall@3"} <= set(metrics)
+    assert "final_loss" not in metrics  # No refit.
+    full = ce.train_two_tower(log, CATALOGUE, config, log=lambda s: None).metrics
+    assert full["svd_recall@3"] == metrics["svd_recall@3"]
+    assert full["popularity_recall@3"] == metrics["popularity_recall@3"]
+    no_svd = ce.holdout_metrics(log, dataclasses.replace(config, svd_baseline=False),
+                                log=lambda s: None)
+    assert "svd_recall@3" not in no_svd
+    with pytest.raises(ValueError, match="holdout_fraction must be in"):
+        ce.holdout_metrics(log, dataclasses.replace(config, holdout_fraction=0.0))
 
 
 @pytest.mark.parametrize("logq,accidental", [(False, False), (True, True)])
@@ -198,7 +247,8 @@ def test_bad_inputs(interactions, item_ids, match):
 @pytest.mark.parametrize("field,value", [
     ("embedding_dim", 0), ("holdout_fraction", 1.0), ("holdout_fraction", -0.1),
     ("epochs", 0), ("batch_size", 1), ("learning_rate", 0.0), ("temperature", 0.0),
-    ("l2", -1.0), ("recall_k", 0), ("min_interactions", 0),
+    ("l2", -1.0), ("recall_k", 0), ("min_interactions", 0), ("svd_rank", 0),
+    ("min_rating", float("nan")),
 ])
 def test_bad_config(field, value):
     log = pd.DataFrame({"user_id": ["u"], "item_id": ["a"], "weight": [1.0]})
