@@ -5,12 +5,29 @@ Serving expects. The version directory is written under a temporary name and
 renamed into place only when complete, so a server polling the directory never
 sees a half-written version.
 
-Signature `serving_default`:
-  inputs:  images  string [batch]   encoded JPEG/PNG/GIF/BMP bytes
-  outputs: scores  float32 [batch, C]  per-class scores (sigmoid or softmax)
-           label_names string [batch, C] the class of each score column
+Signatures (all stock TensorFlow ops; the CF tables are tf.Variables inside the
+SavedModel, so TF Serving needs nothing but the directory):
+
+  serving_default  images string [B] (encoded JPEG/PNG/GIF/BMP bytes)
+                   -> scores float [B, C], label_names string [B, C],
+                      top_k_labels string [B, k], top_k_scores float [B, k]
+                      (k = min(5, C))
+  predict_pixels   pixels float [B, H, W, 3], RGB 0-255 -> scores, label_names.
+                   Any H, W: other sizes are resized like the training images.
+  embed            images -> embedding float [B, d]: the predicted two-tower item
+                   vector, in the two-tower's own space (target scaling undone)
+  similar_items    images -> item_ids string [B, k], scores float [B, k]
+  audience         images -> user_ids string [B, k], scores float [B, k]
+
 The images go through `data.decode_and_resize`, the training preprocessing.
-The label vocabulary is also written to assets.extra/labels.txt.
+`similar_items` and `audience` rank by dot product, the score the two-tower model
+was trained with (see `_top_k_by_dot`). The CF signatures are exported only when
+the tables they need are given; what was left out is logged.
+
+assets.extra/ holds labels.txt, cfimage.json (image size, labels, signatures,
+metadata) and tf_serving_warmup_requests: one PredictRequest per signature on a
+small generated image, which TF Serving replays at load so that the first real
+request does not pay for graph tracing.
 """
 
 import json
@@ -18,9 +35,16 @@ import os
 import shutil
 
 import keras
+import numpy as np
 import tensorflow as tf
+# A declared dependency (setup.cfg); imported here, not at export time, so that a
+# missing install stops a training run at its start rather than after training.
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from cfimage import data
+
+NUM_TOP_LABELS = 5
+WARMUP_FILE = "tf_serving_warmup_requests"
 
 
 def next_version(model_dir):
@@ -31,43 +55,214 @@ def next_version(model_dir):
     return max(versions, default=0) + 1
 
 
+def _check_table(kind, ids, vectors, dim):
+    """Ids and vectors of one CF table as (str array, float32 array), or ValueError."""
+    if (ids is None) != (vectors is None):
+        raise ValueError(f"{kind}: give both ids and vectors, or neither")
+    if ids is None:
+        return None
+    ids = np.asarray(ids).astype(str)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise ValueError(f"{kind} vectors must have shape (n, {dim}) like the model's cf "
+                         f"output, got {vectors.shape}")
+    if ids.shape != (len(vectors),) or len(ids) == 0:
+        raise ValueError(f"{kind}: {ids.shape} ids for {len(vectors)} vectors; need one id "
+                         "per vector and at least one")
+    if not np.all(np.isfinite(vectors)):
+        raise ValueError(f"{kind} vectors contain NaN or infinite values")
+    return ids, vectors
+
+
+class _CFTables(tf.Module):
+    """The catalogue and user tables as variables, tracked into the SavedModel."""
+
+    def __init__(self, tables):
+        super().__init__(name="cf_tables")
+        for kind, (ids, vectors) in tables.items():
+            setattr(self, f"{kind}_ids", tf.Variable(ids, trainable=False, name=f"{kind}_ids"))
+            setattr(self, f"{kind}_vectors",
+                    tf.Variable(vectors, trainable=False, name=f"{kind}_vectors"))
+
+
+def _top_k_by_dot(embedding, ids, vectors, k):
+    """Top-k rows of `vectors` by dot product with each embedding.
+
+    Dot product, not cosine: the two-tower model scores user . item and was trained
+    on that score without normalising, so a vector's length carries signal (items
+    with more, more consistent interactions sit further out) and dot product is
+    the geometry the vectors live in. Cosine would promote rarely seen items whose
+    short vectors are mostly noise. The ranking is unaffected by the length of the
+    predicted embedding itself.
+    """
+    scores, index = tf.math.top_k(tf.matmul(embedding, vectors, transpose_b=True), k=k)
+    return tf.gather(ids, index), scores
+
+
+def _resize_pixels(pixels, image_size):
+    """A pixel batch at the training size: other sizes resized as decode_and_resize does."""
+    height, width = image_size
+
+    def resize():
+        resized = tf.image.resize(pixels, image_size, method="bilinear", antialias=True)
+        return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
+
+    shape = tf.shape(pixels)
+    same = tf.logical_and(tf.equal(shape[1], height), tf.equal(shape[2], width))
+    pixels = tf.cond(same, lambda: pixels, resize)
+    return tf.ensure_shape(pixels, [None, height, width, 3])
+
+
+def _warmup_records(model_name, signatures, image_size):
+    """Serialized PredictionLog records: one request per signature, one small image each."""
+    height, width = image_size
+    ramp = np.linspace(0, 255, height * width * 3).reshape(height, width, 3).astype(np.uint8)
+    image = tf.io.encode_jpeg(ramp).numpy()
+    records = []
+    for name, input_name in signatures.items():
+        if input_name == "images":
+            tensor = tf.make_tensor_proto([image], dtype=tf.string)
+        else:
+            tensor = tf.make_tensor_proto(ramp[None].astype(np.float32))
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(name=model_name, signature_name=name))
+        request.inputs[input_name].CopyFrom(tensor)
+        entry = prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request))
+        records.append(entry.SerializeToString())
+    return records
+
+
 def export_saved_model(model, label_names, image_size, export_base, model_name, version=None,
-                       metadata=None):
-    """Writes the serving SavedModel and returns its version directory."""
+                       metadata=None, cf_scaling=None, item_ids=None, item_vectors=None,
+                       user_ids=None, user_vectors=None, top_k=10, log=print):
+    """Writes the serving SavedModel and returns its version directory.
+
+    `model` has outputs {"labels", "cf"}; `cf` predicts scaled targets, and
+    `cf_scaling` ({"mean": list, "scale": float}, from `data.scale_cf_targets`)
+    maps them back. `embed` needs `cf_scaling`; `similar_items` also needs the
+    catalogue table (`item_ids`, `item_vectors`), `audience` the two-tower user
+    table (`user_ids`, `user_vectors`). Signatures whose inputs are missing are
+    left out and logged. `top_k` results are returned by those two.
+    """
     model_dir = os.path.join(export_base, model_name)
     version = next_version(model_dir) if version is None else int(version)
     final_dir = os.path.join(model_dir, str(version))
     if os.path.exists(final_dir):
         raise FileExistsError(f"export version already exists: {final_dir}")
+
+    image_size = tuple(int(s) for s in image_size)
+    label_names = [str(name) for name in label_names]
+    cf_dim = int(model.output["cf"].shape[-1])
+    tables = {kind: table for kind, table in [
+        ("item", _check_table("item", item_ids, item_vectors, cf_dim)),
+        ("user", _check_table("user", user_ids, user_vectors, cf_dim))] if table is not None}
+    if tables and cf_scaling is None:
+        raise ValueError("CF tables given without cf_scaling: the model's cf output is in "
+                         "scaled target space and cannot be compared with them")
+    if cf_scaling is not None:
+        cf_mean = np.asarray(cf_scaling["mean"], dtype=np.float32)
+        cf_scale = float(cf_scaling["scale"])
+        if cf_mean.shape != (cf_dim,) or not cf_scale > 0:
+            raise ValueError(f"cf_scaling needs a mean of length {cf_dim} and a scale > 0, "
+                             f"got mean shape {cf_mean.shape} and scale {cf_scale}")
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+
+    names = tf.constant(label_names, dtype=tf.string)
+    num_top_labels = min(NUM_TOP_LABELS, len(label_names))
+    images_spec = tf.TensorSpec([None], tf.string, name="images")
+    cf_tables = _CFTables(tables)
+
+    # One traced model call, shared by every signature: one copy in the SavedModel.
+    @tf.function(input_signature=[tf.TensorSpec([None, *image_size, 3], tf.float32)])
+    def predict(pixels):
+        outputs = model(pixels, training=False)
+        return {key: tf.cast(value, tf.float32) for key, value in outputs.items()}
+
+    def predict_images(images):
+        # Bytes that are not an image fail in decode_image with InvalidArgument
+        # ("Unknown image file format ..."): the request fails, the server lives on.
+        pixels = tf.map_fn(lambda b: data.decode_and_resize(b, image_size), images,
+                           fn_output_signature=tf.TensorSpec((*image_size, 3), tf.uint8))
+        return predict(tf.cast(pixels, tf.float32))
+
+    def with_label_names(scores):
+        return {"scores": scores, "label_names": tf.tile(names[None, :], [tf.shape(scores)[0], 1])}
+
+    def embedding(images):
+        return predict_images(images)["cf"] * cf_scale + cf_mean
+
+    @tf.function(input_signature=[images_spec])
+    def serving_default(images):
+        outputs = with_label_names(predict_images(images)["labels"])
+        top_scores, top_index = tf.math.top_k(outputs["scores"], k=num_top_labels)
+        return {**outputs, "top_k_labels": tf.gather(names, top_index),
+                "top_k_scores": top_scores}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32,
+                                                name="pixels")])
+    def predict_pixels(pixels):
+        return with_label_names(predict(_resize_pixels(pixels, image_size))["labels"])
+
+    @tf.function(input_signature=[images_spec])
+    def embed(images):
+        return {"embedding": embedding(images)}
+
+    @tf.function(input_signature=[images_spec])
+    def similar_items(images):
+        ids, scores = _top_k_by_dot(embedding(images), cf_tables.item_ids,
+                                    cf_tables.item_vectors, min(top_k, len(tables["item"][0])))
+        return {"item_ids": ids, "scores": scores}
+
+    @tf.function(input_signature=[images_spec])
+    def audience(images):
+        ids, scores = _top_k_by_dot(embedding(images), cf_tables.user_ids,
+                                    cf_tables.user_vectors, min(top_k, len(tables["user"][0])))
+        return {"user_ids": ids, "scores": scores}
+
+    endpoints = {"serving_default": serving_default, "predict_pixels": predict_pixels}
+    if cf_scaling is None:
+        log("export: no cf_scaling, so no embed/similar_items/audience signatures")
+    else:
+        endpoints["embed"] = embed
+        for kind, name, fn, why in [
+                ("item", "similar_items", similar_items, "no catalogue item vectors"),
+                ("user", "audience", audience,
+                 "no two-tower user vectors (stage 1 did not run for these item vectors)")]:
+            if kind in tables:
+                endpoints[name] = fn
+            else:
+                log(f"export: signature {name} left out: {why}")
+
     os.makedirs(model_dir, exist_ok=True)
     tmp_dir = os.path.join(model_dir, f".tmp-{version}-{os.getpid()}")
     shutil.rmtree(tmp_dir, ignore_errors=True)
+    try:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.track(cf_tables)
+        for name, fn in endpoints.items():
+            archive.add_endpoint(name=name, fn=fn)
+        archive.write_out(tmp_dir, verbose=False)
 
-    image_size = tuple(int(s) for s in image_size)
-    names = tf.constant(list(label_names), dtype=tf.string)
-
-    def decode_batch(images):
-        return tf.map_fn(lambda b: data.decode_and_resize(b, image_size), images,
-                         fn_output_signature=tf.TensorSpec((*image_size, 3), tf.uint8))
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-    def serve_images(images):
-        pixels = tf.cast(decode_batch(images), tf.float32)
-        scores = tf.cast(model(pixels, training=False)["labels"], tf.float32)
-        label_names_out = tf.tile(names[None, :], [tf.shape(scores)[0], 1])
-        return {"scores": scores, "label_names": label_names_out}
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(name="serving_default", fn=serve_images)
-    archive.write_out(tmp_dir, verbose=False)
-
-    extra = os.path.join(tmp_dir, "assets.extra")
-    os.makedirs(extra, exist_ok=True)
-    with open(os.path.join(extra, "labels.txt"), "w") as f:
-        f.write("\n".join(label_names) + "\n")
-    with open(os.path.join(extra, "cfimage.json"), "w") as f:
-        json.dump({"image_size": list(image_size), "label_names": list(label_names),
-                   **(metadata or {})}, f, indent=2)
-    os.rename(tmp_dir, final_dir)
+        extra = os.path.join(tmp_dir, "assets.extra")
+        os.makedirs(extra, exist_ok=True)
+        with open(os.path.join(extra, "labels.txt"), "w") as f:
+            f.write("\n".join(label_names) + "\n")
+        inputs = {name: "pixels" if name == "predict_pixels" else "images" for name in endpoints}
+        with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as writer:
+            for record in _warmup_records(model_name, inputs, image_size):
+                writer.write(record)
+        with open(os.path.join(extra, "cfimage.json"), "w") as f:
+            json.dump({"image_size": list(image_size), "label_names": label_names,
+                       "signatures": list(endpoints), "top_k_labels": num_top_labels,
+                       "top_k": top_k, "similarity": "dot", "cf_dim": cf_dim,
+                       "num_items": len(tables["item"][0]) if "item" in tables else 0,
+                       "num_users": len(tables["user"][0]) if "user" in tables else 0,
+                       **(metadata or {})}, f, indent=2)
+        os.rename(tmp_dir, final_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
     return final_dir

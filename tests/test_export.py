@@ -2,11 +2,13 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from cfimage import data, export
@@ -24,7 +26,12 @@ def _images():
 
 def test_export_layout_signature_and_fresh_process_scores(tmp_path):
     model = model_lib.build_model("efficientnet_b0", "none", SIZE, 3, True, 4)
-    path = export.export_saved_model(model, ["x", "y", "z"], SIZE, str(tmp_path), "demo")
+    notes = []
+    path = export.export_saved_model(model, ["x", "y", "z"], SIZE, str(tmp_path), "demo",
+                                     log=notes.append)
+    assert notes == ["export: no cf_scaling, so no embed/similar_items/audience signatures"]
+    with open(os.path.join(path, "assets.extra", "cfimage.json")) as f:
+        assert json.load(f)["signatures"] == ["serving_default", "predict_pixels"]
     assert path == os.path.join(str(tmp_path), "demo", "1")
     assert sorted(os.listdir(tmp_path / "demo")) == ["1"]  # no temporary directory left
     assert export.next_version(str(tmp_path / "demo")) == 2
@@ -71,3 +78,32 @@ def test_saved_model_cli_lists_the_signature(tmp_path):
     assert "signature_def['serving_default']" in result.stdout
     assert "inputs['images']" in result.stdout and "dtype: DT_STRING" in result.stdout
     assert "outputs['scores']" in result.stdout and "outputs['label_names']" in result.stdout
+
+
+def test_without_user_vectors_audience_is_left_out_with_a_note(tmp_path):
+    model = model_lib.build_model("efficientnet_b0", "none", SIZE, 2, True, 3)
+    notes = []
+    path = export.export_saved_model(
+        model, ["a", "b"], SIZE, str(tmp_path), "m", cf_scaling={"mean": [0, 0, 0], "scale": 1},
+        item_ids=["p", "q"], item_vectors=np.eye(2, 3), log=notes.append)
+    assert len(notes) == 1 and "audience left out" in notes[0]
+    with open(os.path.join(path, "assets.extra", "cfimage.json")) as f:
+        meta = json.load(f)
+    assert meta["signatures"] == ["serving_default", "predict_pixels", "embed", "similar_items"]
+    assert meta["num_items"] == 2 and meta["num_users"] == 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"item_ids": ["a"], "item_vectors": np.zeros((1, 3))}, "without cf_scaling"),
+    ({"cf_scaling": {"mean": [0, 0], "scale": 1.0}}, "mean of length 3"),
+    ({"cf_scaling": {"mean": [0, 0, 0], "scale": 1.0}, "item_ids": ["a"],
+      "item_vectors": np.zeros((1, 4))}, "shape (n, 3)"),
+    ({"cf_scaling": {"mean": [0, 0, 0], "scale": 1.0}, "user_ids": ["a", "b"],
+      "user_vectors": np.zeros((1, 3))}, "one id per vector"),
+    ({"cf_scaling": {"mean": [0, 0, 0], "scale": 1.0}, "user_ids": ["a"]}, "both ids"),
+])
+def test_bad_cf_tables_are_refused_before_anything_is_written(tmp_path, kwargs, message):
+    model = model_lib.build_model("efficientnet_b0", "none", SIZE, 2, True, 3)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        export.export_saved_model(model, ["a", "b"], SIZE, str(tmp_path), "m", **kwargs)
+    assert not (tmp_path / "m").exists()
