@@ -37,7 +37,7 @@ class CatalogueSpec:
     label_separator: str = "|"
     user_id_column: str = "user_id"
     interaction_item_column: str = "item_id"
-    # Optional columns: used when present, ignored when absent.
+    # Optional columns: used when present, ignored when absent ("" = do not use).
     weight_column: str = "weight"
     timestamp_column: str = "timestamp"
     # Labels carried by fewer items than this are removed from the vocabulary.
@@ -176,7 +176,7 @@ def load_interactions(root, spec, item_ids):
         "item_id": _check_ids(frame[spec.interaction_item_column], path,
                               spec.interaction_item_column),
     })
-    if spec.weight_column in frame.columns:
+    if spec.weight_column and spec.weight_column in frame.columns:
         weight = pd.to_numeric(frame[spec.weight_column].str.strip(), errors="coerce")
         bad = np.flatnonzero(~np.isfinite(weight.to_numpy()) | (weight.to_numpy() <= 0))
         if len(bad):
@@ -188,7 +188,7 @@ def load_interactions(root, spec, item_ids):
         out["weight"] = weight.astype(np.float32)
     else:
         out["weight"] = np.float32(1.0)
-    if spec.timestamp_column in frame.columns:
+    if spec.timestamp_column and spec.timestamp_column in frame.columns:
         out["timestamp"] = pd.to_numeric(frame[spec.timestamp_column], errors="coerce")
 
     notes = []
@@ -229,6 +229,19 @@ def load_catalogue(root, spec=None):
         root=os.path.abspath(root), item_ids=item_ids, image_paths=paths,
         label_names=label_names, labels=labels, labelled=labelled, interactions=interactions,
         multi_label=bool((labels.sum(axis=1) > 1).any()), notes=notes + more_notes)
+
+
+def drop_items(catalogue, drop):
+    """A copy of `catalogue` without the items where the bool mask `drop` is True.
+
+    Their interactions stay: they still train the two-tower model.
+    """
+    keep = ~np.asarray(drop, bool)
+    labels = catalogue.labels[keep]
+    return dataclasses.replace(
+        catalogue, item_ids=catalogue.item_ids[keep], image_paths=catalogue.image_paths[keep],
+        labels=labels, labelled=catalogue.labelled[keep],
+        multi_label=bool((labels.sum(axis=1) > 1).any()), notes=list(catalogue.notes))
 
 
 def describe(catalogue):

@@ -9,6 +9,8 @@ Targets are packed so that masks travel with them (see losses.py):
   y["cf"]     = [CF target (d), confidence weight (1); weight 0 = no vector]
 """
 
+import re
+
 import numpy as np
 import tensorflow as tf
 
@@ -25,6 +27,31 @@ def decode_and_resize(image_bytes, image_size):
     image.set_shape([None, None, 3])
     image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+def find_unreadable_images(image_paths, log=None, every=2000):
+    """Decodes every image once; returns {index: reason} for those that fail.
+
+    Catches what would otherwise stop training in the middle of the first
+    epoch: zero-byte, truncated or corrupt files, and files that are not images.
+    """
+    bad = {}
+    for index, path in enumerate(image_paths):
+        try:
+            encoded = tf.io.read_file(path)
+            if int(tf.strings.length(encoded)) == 0:
+                raise ValueError("empty file (0 bytes)")
+            image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+            if min(image.shape[:2]) < 1:
+                raise ValueError(f"image has no pixels ({image.shape})")
+        except (tf.errors.OpError, ValueError) as error:
+            message = getattr(error, "message", None) or str(error)
+            # Keep TensorFlow's reason, not its op and device names.
+            message = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]( name:.*)?", "", message)
+            bad[index] = " ".join(message.split())[:200]
+        if log and (index + 1) % every == 0:
+            log(f"checked {index + 1}/{len(image_paths)} images ({len(bad)} unreadable)")
+    return bad
 
 
 def split_items(num_items, evaluable, fractions, seed):
@@ -83,6 +110,21 @@ def scale_cf_targets(vectors, has_vector, target_rms):
     return targets, {"mean": mean.tolist(), "scale": scale}
 
 
+def nearest_cf_neighbours(targets, has_vector, chunk=2048):
+    """Index of each item's nearest other item in CF space (Euclidean); -1 without a vector."""
+    candidates = np.flatnonzero(has_vector)
+    pool = targets[candidates].astype(np.float32)
+    squared = (pool ** 2).sum(axis=1)
+    nearest = np.full(len(targets), -1, np.int64)
+    for start in range(0, len(candidates), chunk):
+        rows = candidates[start:start + chunk]
+        block = pool[start:start + chunk]
+        distance = squared[None, :] - 2.0 * block @ pool.T + (block ** 2).sum(axis=1)[:, None]
+        distance[np.arange(len(rows)), np.arange(start, start + len(rows))] = np.inf  # not itself
+        nearest[rows] = candidates[distance.argmin(axis=1)]
+    return nearest
+
+
 def pack_targets(labels, labelled, cf_targets, cf_weights):
     return {
         "labels": np.concatenate([labels, labelled[:, None]], axis=1).astype(np.float32),
@@ -101,22 +143,33 @@ def _augment(image, seed):
     return image
 
 
-def make_dataset(image_paths, targets, image_size, batch_size, training, seed=0):
+def make_dataset(image_paths, targets, image_size, batch_size, training, seed=0, cache=True):
     """Builds the tf.data pipeline for one split.
 
     Order: read -> decode/resize -> cache (uint8) -> shuffle -> augment ->
     batch -> prefetch. Decoding is the slow part, so it happens once and the
     small uint8 images are cached in memory; shuffling after the cache gives a
     new order every epoch; augmentation after the shuffle differs every epoch.
+    (`cache=False` only for measuring the pipeline: scripts/benchmark.py.)
     """
     image_size = tuple(image_size)
     images = tf.data.Dataset.from_tensor_slices(np.asarray(image_paths))
     images = images.map(lambda path: decode_and_resize(tf.io.read_file(path), image_size),
                         num_parallel_calls=AUTOTUNE, deterministic=True)
     dataset = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(targets)))
-    dataset = dataset.cache()
+    if cache:
+        dataset = dataset.cache()
+    return batch_examples(dataset, batch_size, training, seed, shuffle_buffer=len(image_paths))
+
+
+def batch_examples(dataset, batch_size, training, seed=0, shuffle_buffer=10_000):
+    """(uint8 image, targets) examples -> shuffle -> augment -> batch -> prefetch.
+
+    The part of the pipeline after the cache, shared by `make_dataset` and the TFRecord
+    reader (cfimage/tfrecords.py), so that both feed the model identical batches.
+    """
     if training:
-        dataset = dataset.shuffle(len(image_paths), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip((dataset, seeds)).map(
             lambda example, s: (_augment(tf.cast(example[0], tf.float32), s), example[1]),

@@ -125,3 +125,34 @@ class CFError(keras.metrics.Metric):
 
     def get_config(self):
         return {"kind": self.kind, "name": self.name}
+
+
+@keras.saving.register_keras_serializable("cfimage")
+class CFTripletLoss(keras.losses.Loss):
+    """The paper's "contrastive" baseline: a triplet loss on the CF head.
+
+    y_true = [positive (d), weight (1)], where the positive is the CF target of
+    the item's nearest CF neighbour (data.nearest_cf_neighbours). The anchor is
+    the predicted vector; the negative is the positive of the next item in the
+    batch. Distances are mean squared differences; the loss per item is
+    max(0, d(anchor, positive) − d(anchor, negative) + margin), averaged over
+    items whose positive and negative both exist (weight > 0).
+    """
+
+    def __init__(self, margin=0.25, name="cf_triplet", **kwargs):
+        super().__init__(name=name, reduction="sum_over_batch_size", **kwargs)
+        self.margin = float(margin)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "float32")
+        positive, weight = y_true[:, :-1], y_true[:, -1]
+        negative = ops.roll(positive, 1, axis=0)
+        anchor = ops.cast(y_pred, "float32")
+        d_positive = ops.mean((anchor - positive) ** 2, axis=1)
+        d_negative = ops.mean((anchor - negative) ** 2, axis=1)
+        per_item = ops.relu(d_positive - d_negative + self.margin)
+        both = weight * ops.roll(weight, 1, axis=0)
+        return ops.sum(per_item * both) / ops.maximum(ops.sum(both), EPSILON)
+
+    def get_config(self):
+        return {"margin": self.margin, "name": self.name}

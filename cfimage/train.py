@@ -9,9 +9,9 @@ Everything a run writes lands under --workdir; the export goes to
 <export_dir>/<model_name>/<version>/.
 """
 
+import contextlib
 import json
 import os
-import sys
 import time
 
 import cfimage  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
@@ -33,10 +33,14 @@ flags.DEFINE_string("labels_column", "labels", "Labels column; empty = unlabelle
 flags.DEFINE_string("label_separator", "|", "Separator between labels.")
 flags.DEFINE_string("user_id_column", "user_id", "User id column of the interactions file.")
 flags.DEFINE_string("interaction_item_column", "item_id", "Item id column of interactions.")
-flags.DEFINE_string("weight_column", "weight", "Optional weight/rating column.")
+flags.DEFINE_string("weight_column", "weight", "Optional weight/rating column, used as the "
+                    "interaction's loss weight in stage 1 ('' = every interaction weighs 1).")
 flags.DEFINE_string("timestamp_column", "timestamp", "Optional timestamp column.")
 flags.DEFINE_integer("min_label_count", 1, "Labels with fewer items are dropped.")
 flags.DEFINE_list("ignore_labels", [], "Label values that mean 'no label'.")
+flags.DEFINE_enum("on_bad_image", "fail", ["fail", "skip"],
+                  "Unreadable images (missing pixels, truncated, not an image): fail, or skip "
+                  "those items (listed in <workdir>/skipped_images.csv).")
 flags.DEFINE_enum("unknown_interaction_items", "fail", ["fail", "keep", "drop"],
                   "Interactions on items not in the items file: fail, keep them for "
                   "stage 1 only, or drop them.")
@@ -44,7 +48,7 @@ flags.DEFINE_enum("unknown_interaction_items", "fail", ["fail", "keep", "drop"],
 # --- Stage 1: collaborative item embeddings ----------------------------------
 flags.DEFINE_string("cf_embeddings", None, "Skip stage 1 and use these item vectors "
                     "(.npz with ids/vectors, or .csv item_id,v0,v1,...).")
-flags.DEFINE_integer("cf_dim", 32, "Two-tower embedding dimension.")
+flags.DEFINE_integer("cf_dim", 64, "Two-tower embedding dimension.")
 flags.DEFINE_integer("cf_epochs", None, "Two-tower epochs (default: the module default).")
 flags.DEFINE_float("cf_learning_rate", None, "Two-tower learning rate.")
 flags.DEFINE_float("cf_temperature", None, "Two-tower softmax temperature.")
@@ -69,6 +73,15 @@ flags.DEFINE_float("weight_decay", 1e-5, "Weight decay.")
 flags.DEFINE_float("clipnorm", 1.0, "Gradient clipping by global norm (0 = off).")
 flags.DEFINE_float("dropout", 0.2, "Dropout before the classification layer.")
 flags.DEFINE_float("cf_weight", 2.0, "λ, weight of the CF loss; 0 = the image-only baseline.")
+flags.DEFINE_enum("arm", "multitask", ["multitask", "two_stage", "contrastive"],
+                  "multitask: L_labels + λ·L_cf; two_stage: CF regression first "
+                  "(--pretrain_epochs), then labels only; contrastive: L_labels + λ·triplet "
+                  "loss on the CF head (positive = nearest CF neighbour).")
+flags.DEFINE_enum("cf_confidence", "uniform", ["uniform", "sqrt", "loss"],
+                  "Per-item weights of the CF loss: uniform, sqrt(#interactions), or "
+                  "loss-based (see cfimage/confidence.py).")
+flags.DEFINE_integer("pretrain_epochs", 5, "two_stage: epochs of CF-only pre-training.")
+flags.DEFINE_float("triplet_margin", 0.25, "contrastive: triplet margin (mean squared units).")
 flags.DEFINE_float("label_ratio", 1.0, "Share of training items that keep their labels.")
 flags.DEFINE_list("split", ["0.7", "0.1", "0.2"], "Train, validation, test fractions.")
 flags.DEFINE_integer("seed", 0, "Seed of the split, label masking and initial weights.")
@@ -78,6 +91,17 @@ flags.DEFINE_enum("mixed_precision", "auto", ["auto", "true", "false"],
                   "auto: mixed_float16 when a GPU is present, float32 on CPU.")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA (auto: GPU only).")
 
+# --- Scale: distribution strategy and input from TFRecords ---------------------
+flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker", "tpu"],
+                  "Stage-2 tf.distribute strategy (cfimage/distribute.py). auto: mirrored on "
+                  ">1 GPU, else none. multi_worker reads TF_CONFIG. --batch_size is per "
+                  "replica; the learning rate scales with the replicas.")
+flags.DEFINE_string("tpu", "", "--strategy=tpu: TPU name or grpc:// address ('' = local).")
+flags.DEFINE_string("tfrecords", None, "Stage 2 reads images from these TFRecord shards "
+                    "(e.g. DIR/items-*, written by scripts/make_tfrecords.py at --image_size) "
+                    "instead of decoding and caching the image files: for catalogues whose "
+                    "decoded images do not fit in memory.")
+
 # --- Output -------------------------------------------------------------------
 flags.DEFINE_string("workdir", None, "Run directory (default: runs/<model_name>). Running the "
                     "same command again resumes an interrupted run.")
@@ -85,10 +109,18 @@ flags.DEFINE_string("export_dir", "saved_models", "Base directory of SavedModel 
 flags.DEFINE_string("model_name", None, "Export name (default: the catalogue's folder name, "
                     "or cfimage_demo).")
 flags.DEFINE_boolean("export", True, "Export a SavedModel at the end.")
+flags.DEFINE_boolean("stage1_only", False, "Stop after stage 1 (CF embeddings in the workdir).")
+flags.DEFINE_integer("threads", 0, "TensorFlow intra- and inter-op threads (0 = default). Two "
+                     "runs with one thread each beat one run with two on a 2-core CPU.")
 
 
 def log(message):
     print(f"[cfimage] {message}", flush=True)
+
+
+def fail(message):
+    """Stops the run for a user mistake: one clear message on stderr, exit status 1."""
+    raise SystemExit(f"cfimage: error: {message}")
 
 
 def parse_image_size(text):
@@ -99,26 +131,25 @@ def parse_image_size(text):
     if len(parts) == 1:
         parts = parts * 2
     if len(parts) != 2 or min(parts) < 32:
-        raise app.UsageError(f"--image_size={text!r}: use N or HxW with sides >= 32, e.g. 96x64")
+        fail(f"--image_size={text!r}: use N or HxW with sides >= 32, e.g. 96x64")
     return tuple(parts)
 
 
 def check_flags():
     if not 0.0 < FLAGS.label_ratio <= 1.0:
-        raise app.UsageError(f"--label_ratio={FLAGS.label_ratio}: must be in (0, 1].")
+        fail(f"--label_ratio={FLAGS.label_ratio}: must be in (0, 1].")
     if FLAGS.cf_weight < 0:
-        raise app.UsageError(f"--cf_weight={FLAGS.cf_weight}: λ must be >= 0.")
+        fail(f"--cf_weight={FLAGS.cf_weight}: λ must be >= 0.")
     if FLAGS.epochs < 1 or FLAGS.batch_size < 1:
-        raise app.UsageError("--epochs and --batch_size must be >= 1.")
+        fail("--epochs and --batch_size must be >= 1.")
     if FLAGS.cf_target_scale <= 0:
-        raise app.UsageError("--cf_target_scale must be > 0.")
+        fail("--cf_target_scale must be > 0.")
     try:
         fractions = tuple(float(f) for f in FLAGS.split)
     except ValueError:
         fractions = ()
     if len(fractions) != 3:
-        raise app.UsageError(f"--split={','.join(FLAGS.split)}: give three fractions, "
-                             "e.g. 0.7,0.1,0.2")
+        fail(f"--split={','.join(FLAGS.split)}: give three fractions, e.g. 0.7,0.1,0.2")
     return parse_image_size(FLAGS.image_size), fractions
 
 
@@ -131,11 +162,13 @@ def main(argv):
     # --- Set-up: workdir, precision, seeds -------------------------------------
     import keras
     import numpy as np
+    import pandas as pd
     import tensorflow as tf
 
     from cfimage import catalogue as catalogue_lib
-    from cfimage import cf_embeddings, data, demo, export, losses, model as model_lib
-    from cfimage.callbacks import SelectByValidationMAP, StopOnNonFiniteLoss
+    from cfimage import cf_embeddings, confidence, data, demo, export, fit, losses
+    from cfimage import model as model_lib
+    from cfimage.callbacks import SelectByValidationMAP
     from cfimage.metrics import evaluate_scores
 
     model_name = FLAGS.model_name or (
@@ -147,12 +180,35 @@ def main(argv):
         f.write(FLAGS.flags_into_string())
     log(f"workdir {workdir}")
 
+    if FLAGS.threads > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
     gpus = tf.config.list_physical_devices("GPU")
     mixed = FLAGS.mixed_precision == "true" or (FLAGS.mixed_precision == "auto" and gpus)
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     jit = FLAGS.jit_compile == "true" or (FLAGS.jit_compile == "auto" and bool(gpus))
     log(f"devices: {len(gpus)} GPU(s); precision {'mixed_float16' if mixed else 'float32'}; "
         f"XLA {'on' if jit else 'off'}")
+
+    # Stage 2's strategy. multi_worker must exist before TensorFlow runs any op. Only the
+    # chief writes the run's outputs; other workers write under <workdir>/workertemp_*.
+    from cfimage import distribute, tfrecords
+    if FLAGS.strategy == "multi_worker" and not (FLAGS.cf_embeddings or FLAGS.stage1_only):
+        fail("--strategy=multi_worker needs --cf_embeddings: stage 1 (TFRS) runs in one "
+             "process; run it first with --stage1_only and pass its cf_embeddings.npz "
+             "(README, 'Training on several machines')")
+    try:
+        strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.tpu)
+    except ValueError as error:
+        fail(str(error))
+    chief = distribute.is_chief(strategy)
+    outdir = distribute.output_dir(workdir, strategy)
+    global_batch, learning_rate = distribute.scaled(FLAGS.batch_size, FLAGS.learning_rate,
+                                                    strategy)
+    log(f"strategy: {distribute.describe(strategy)}; global batch {global_batch} "
+        f"(--batch_size={FLAGS.batch_size} per replica), learning rate {learning_rate:g} "
+        f"(--learning_rate={FLAGS.learning_rate:g} x {strategy.num_replicas_in_sync})"
+        + ("" if chief else f"; this worker writes to {outdir}"))
 
     # --- Data: the catalogue ---------------------------------------------------
     root = FLAGS.catalogue
@@ -173,7 +229,26 @@ def main(argv):
     try:
         catalogue = catalogue_lib.load_catalogue(root, spec)
     except catalogue_lib.CatalogueError as error:
-        raise app.UsageError(str(error))
+        fail(str(error))
+    bad = data.find_unreadable_images(catalogue.image_paths, log=log)
+    if bad:
+        first = min(bad)
+        where = (f"{os.path.join(catalogue.root, FLAGS.items_file)}, line {first + 2}, item "
+                 f"{str(catalogue.item_ids[first])!r}")
+        if FLAGS.on_bad_image == "fail":
+            fail(
+                f"{where}: image {catalogue.image_paths[first]} cannot be read "
+                f"({bad[first]}); {len(bad)} unreadable image(s) in all. Fix or remove them, "
+                "or pass --on_bad_image=skip to leave those items out.")
+        skipped = pd.DataFrame({"item_id": catalogue.item_ids[sorted(bad)],
+                                "image": catalogue.image_paths[sorted(bad)],
+                                "reason": [bad[i] for i in sorted(bad)]})
+        skipped.to_csv(os.path.join(workdir, "skipped_images.csv"), index=False)
+        log(f"skipped {len(bad)} item(s) with unreadable images (--on_bad_image=skip): "
+            f"{', '.join(skipped.item_id[:20])}{' ...' if len(bad) > 20 else ''}; "
+            f"list in {os.path.join(workdir, 'skipped_images.csv')}")
+        drop = np.isin(np.arange(catalogue.num_items), sorted(bad))
+        catalogue = catalogue_lib.drop_items(catalogue, drop)
     log(catalogue_lib.describe(catalogue))
     for note in catalogue.notes:
         log(note)
@@ -200,7 +275,7 @@ def main(argv):
             vectors, has_vector = cf_embeddings.align_embeddings(
                 catalogue.item_ids, ids, vectors, FLAGS.cf_embeddings, log=log)
         except ValueError as error:
-            raise app.UsageError(str(error))
+            fail(str(error))
     elif os.path.isfile(cf_state) and json.load(open(cf_state)).get("key") == stage1_key:
         log(f"stage 1 already done in this workdir: reusing {cf_path}")
         stage1_metrics = json.load(open(cf_state))["metrics"]
@@ -222,13 +297,16 @@ def main(argv):
             json.dump({"key": stage1_key, "metrics": stage1_metrics}, f, indent=2)
         os.replace(cf_state + ".tmp", cf_state)
     cf_embeddings.write_projector(
-        os.path.join(workdir, "tensorboard", "embeddings"), catalogue.item_ids[has_vector],
+        os.path.join(outdir, "tensorboard", "embeddings"), catalogue.item_ids[has_vector],
         vectors[has_vector],
         [{"item_id": i, "labels": "|".join(n for n, on in zip(catalogue.label_names, row) if on)}
          for i, row in zip(catalogue.item_ids[has_vector], catalogue.labels[has_vector])])
     cf_targets, cf_scaling = data.scale_cf_targets(vectors, has_vector, FLAGS.cf_target_scale)
     log(f"CF targets: {int(has_vector.sum())}/{catalogue.num_items} items have a vector "
         f"(dim {vectors.shape[1]}); the others are masked in the CF loss")
+    if FLAGS.stage1_only:
+        log(f"--stage1_only: stopping after stage 1 ({cf_path})")
+        return
 
     # --- Split and label masking -----------------------------------------------
     splits = data.split_items(catalogue.num_items, catalogue.labelled, fractions, FLAGS.seed)
@@ -237,74 +315,94 @@ def main(argv):
     log(f"split (seed {FLAGS.seed}): train {len(splits['train'])} "
         f"({int(labelled[splits['train']].sum())} labelled, label_ratio {FLAGS.label_ratio}), "
         f"validation {len(splits['validation'])}, test {len(splits['test'])}")
-    targets = data.pack_targets(catalogue.labels, labelled, cf_targets,
-                                has_vector.astype(np.float32))
+    train_rows = splits["train"]
+    counts = catalogue.interactions.item_id.value_counts()
+    weights = confidence.confidence_weights(
+        FLAGS.cf_confidence, has_vector,
+        interaction_counts=counts.reindex(catalogue.item_ids, fill_value=0).to_numpy(),
+        vectors=vectors, labels=catalogue.labels, labelled=labelled, train_rows=train_rows,
+        seed=FLAGS.seed)
+    if FLAGS.cf_confidence != "uniform":
+        log(f"CF confidence weights ({FLAGS.cf_confidence}): training items "
+            f"{weights[train_rows][has_vector[train_rows]].min():.2f}.."
+            f"{weights[train_rows].max():.2f}, mean "
+            f"{weights[train_rows][has_vector[train_rows]].mean():.2f}")
+    cf_for_loss = cf_targets
+    if FLAGS.arm == "contrastive":  # the target is the nearest CF neighbour's vector
+        neighbours = data.nearest_cf_neighbours(cf_targets, has_vector)
+        cf_for_loss = np.where(neighbours[:, None] >= 0, cf_targets[neighbours], 0.0)
+        weights = np.where(neighbours >= 0, weights, 0.0).astype(np.float32)
+    targets = data.pack_targets(catalogue.labels, labelled, cf_for_loss, weights)
 
     def dataset(name, training):
         index = splits[name]
+        if FLAGS.tfrecords:  # images from the shards, targets of this run (by item_id)
+            return tfrecords.make_dataset(FLAGS.tfrecords, image_size, global_batch, training,
+                                          FLAGS.seed, item_ids=catalogue.item_ids[index],
+                                          targets={k: v[index] for k, v in targets.items()})
         return data.make_dataset(catalogue.image_paths[index],
                                  {k: v[index] for k, v in targets.items()}, image_size,
-                                 FLAGS.batch_size, training=training, seed=FLAGS.seed)
+                                 global_batch, training=training, seed=FLAGS.seed)
 
     train_ds, val_ds, test_ds = (dataset("train", True), dataset("validation", False),
                                  dataset("test", False))
 
     # --- Stage 2: the multitask image model ------------------------------------
+    # The model, its optimizer and its metrics are created in the strategy's scope.
+    strategy_scope = contextlib.ExitStack()
+    strategy_scope.enter_context(strategy.scope())
     keras.utils.set_random_seed(FLAGS.seed)  # same initial weights for every arm of a seed
     try:
         model = model_lib.build_model(FLAGS.backbone, FLAGS.weights, image_size,
                                       catalogue.num_classes, multi_label, vectors.shape[1],
                                       dropout=FLAGS.dropout)
     except (ValueError, ImportError, FileNotFoundError, RuntimeError) as error:
-        raise app.UsageError(str(error))
+        fail(str(error))
     log(f"model {model.name}: {model.count_params():,} parameters, image size {image_size}")
-    steps_per_epoch = -(-len(splits["train"]) // FLAGS.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        FLAGS.learning_rate, decay_steps=FLAGS.epochs * steps_per_epoch, alpha=0.01)
-    clip = {"global_clipnorm": FLAGS.clipnorm} if FLAGS.clipnorm > 0 else {}
-    if FLAGS.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=FLAGS.weight_decay, **clip)
-    else:
-        optimizer = keras.optimizers.SGD(schedule, momentum=0.9,
-                                         weight_decay=FLAGS.weight_decay, **clip)
+    steps_per_epoch = -(-len(train_rows) // global_batch)
     label_loss = (losses.MaskedWeightedBCE(losses.positive_weights(
-        catalogue.labels[splits["train"]], labelled[splits["train"]]))
+        catalogue.labels[train_rows], labelled[train_rows]))
         if multi_label else losses.MaskedCrossEntropy())
-    model.compile(
-        optimizer=optimizer,
-        loss={"labels": label_loss, "cf": losses.CFReconstructionLoss()},
-        loss_weights={"labels": 1.0, "cf": FLAGS.cf_weight},
-        metrics={"cf": [losses.CFError("mse", name="mse"), losses.CFError("l1", name="l1")]},
-        jit_compile=jit)
 
-    checkpoint_dir = os.path.join(workdir, "checkpoints")
-    backup_dir = os.path.join(workdir, "backup")
+    def optimizer(epochs):
+        return fit.make_optimizer(FLAGS.optimizer, learning_rate, FLAGS.weight_decay,
+                                  FLAGS.clipnorm, epochs * steps_per_epoch)
+
+    checkpoint_dir = os.path.join(outdir, "checkpoints")
     best_path = os.path.join(checkpoint_dir, "best.weights.h5")
     os.makedirs(checkpoint_dir, exist_ok=True)
-    if not os.path.isdir(backup_dir):  # a fresh run: forget the best of an earlier run
+    label_weight, cf_weight = 1.0, FLAGS.cf_weight
+    if FLAGS.arm == "two_stage":
+        # Phase 1 regresses the CF targets only; phase 2 trains on labels only.
+        pretrained = os.path.join(checkpoint_dir, "pretrained_cf.weights.h5")
+        if os.path.exists(pretrained):
+            log(f"two-stage: phase 1 already done, loading {pretrained}")
+        else:
+            log(f"two-stage: phase 1, {FLAGS.pretrain_epochs} epochs on the CF targets only")
+            fit.compile_model(model, optimizer(FLAGS.pretrain_epochs), label_loss, "two_stage",
+                              0.0, 1.0, jit)
+            fit.resumable_fit(model, train_ds, val_ds, FLAGS.pretrain_epochs, outdir,
+                              "pretrain", log=log)
+            fit.save_weights_atomically(model, pretrained)
+        model.load_weights(pretrained)
+        label_weight, cf_weight = 1.0, 0.0
+    fit.compile_model(model, optimizer(FLAGS.epochs), label_loss, FLAGS.arm, label_weight,
+                      cf_weight, jit, triplet_margin=FLAGS.triplet_margin)
+    strategy_scope.close()
+
+    if not os.path.isdir(os.path.join(outdir, "backup")):
+        # A fresh run: forget the best checkpoint of an earlier run in this workdir.
         for stale in (best_path, best_path.replace(".weights.h5", ".json")):
             if os.path.exists(stale):
                 os.remove(stale)
     else:
-        log(f"resuming stage 2 from {backup_dir}")
-    nan_guard = StopOnNonFiniteLoss()
-    callbacks = [
-        SelectByValidationMAP(val_ds, catalogue.labels[splits["validation"]],
-                              catalogue.label_names, best_path, log=log),
-        nan_guard,
-        keras.callbacks.BackupAndRestore(backup_dir),
-        keras.callbacks.CSVLogger(os.path.join(workdir, "history.csv"), append=True),
-        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"), update_freq="epoch"),
-    ]
-    log(f"stage 2: {FLAGS.epochs} epochs of {steps_per_epoch} steps, λ = {FLAGS.cf_weight} "
-        "(the first step traces the graph and takes a while)")
-    model.fit(train_ds, validation_data=val_ds, epochs=FLAGS.epochs, callbacks=callbacks,
-              verbose=1 if sys.stdout.isatty() else 2)
-    if nan_guard.failed_at:
-        step, value = nan_guard.failed_at
-        raise RuntimeError(f"stage 2: loss became {value} at step {step}; stopped. The best "
-                           f"checkpoint so far is intact at {best_path}. Try a lower "
-                           "--learning_rate, --clipnorm or --cf_weight.")
+        log(f"resuming stage 2 from {os.path.join(outdir, 'backup')}")
+    log(f"stage 2 ({FLAGS.arm}): {FLAGS.epochs} epochs of {steps_per_epoch} steps, "
+        f"λ = {cf_weight} (the first step traces the graph and takes a while)")
+    selector = SelectByValidationMAP(val_ds, catalogue.labels[splits["validation"]],
+                                     catalogue.label_names, best_path, log=log)
+    fit.resumable_fit(model, train_ds, val_ds, FLAGS.epochs, outdir, "", callbacks=[selector],
+                      log=log)
 
     # --- Evaluation: test split, once, at the checkpoint chosen on validation --
     model.load_weights(best_path)
@@ -315,22 +413,36 @@ def main(argv):
                "stage1": stage1_metrics, "cf_scaling": cf_scaling,
                "train_seconds": round(time.time() - started, 1),
                "num_items": {k: int(len(v)) for k, v in splits.items()}}
-    with open(os.path.join(workdir, "metrics.json.tmp"), "w") as f:
+    with open(os.path.join(outdir, "metrics.json.tmp"), "w") as f:
         json.dump(metrics, f, indent=2)
-    os.replace(os.path.join(workdir, "metrics.json.tmp"), os.path.join(workdir, "metrics.json"))
+    os.replace(os.path.join(outdir, "metrics.json.tmp"), os.path.join(outdir, "metrics.json"))
     log(f"test (checkpoint of epoch {best['epoch']}, chosen on validation mAP "
         f"{best['val_map']:.4f}): macro mAP {test['macro_map']:.4f}, "
         f"precision@1 {test['precision_at_1']:.4f} on {test['num_items']} items")
     for name, ap in sorted(test["per_class_ap"].items(), key=lambda kv: -kv[1]):
         log(f"  AP {name:<24s} {ap:.4f}")
+    if not chief:
+        log(f"done in {time.time() - started:.0f} s (not the chief: the chief exports)")
+        return
 
     # --- Export: SavedModel for TF Serving ---------------------------------------
     if FLAGS.export:
+        # User vectors only from this workdir's own stage 1: vectors from another
+        # two-tower run (or for --cf_embeddings) live in a different space.
+        users_path = os.path.join(workdir, "user_embeddings.npz")
+        users = {"user_ids": None, "user_vectors": None}
+        if not FLAGS.cf_embeddings and os.path.isfile(users_path):
+            with np.load(users_path) as saved:
+                users = {"user_ids": saved["ids"], "user_vectors": saved["vectors"]}
         path = export.export_saved_model(
             model, catalogue.label_names, image_size, FLAGS.export_dir, model_name,
             metadata={"backbone": FLAGS.backbone, "multi_label": multi_label,
-                      "test_macro_map": test["macro_map"], "workdir": workdir})
-        log(f"exported SavedModel to {path} (serving_default: images -> scores, label_names)")
+                      "test_macro_map": test["macro_map"], "workdir": workdir},
+            cf_scaling=cf_scaling, item_ids=catalogue.item_ids[has_vector],
+            item_vectors=vectors[has_vector], **users, log=log)
+        signatures = json.load(open(os.path.join(path, "assets.extra", "cfimage.json")))
+        log(f"exported SavedModel to {path} (signatures: "
+            f"{', '.join(signatures['signatures'])})")
     log(f"done in {time.time() - started:.0f} s")
 
 

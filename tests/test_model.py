@@ -54,3 +54,26 @@ def test_weights_file_is_loaded(tmp_path):
     loaded = model_lib.build_backbone("efficientnet_b0", path, (32, 32, 3))
     x = np.random.default_rng(0).uniform(0, 255, size=(2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(loaded(x), source(x), atol=1e-5)
+
+
+def test_offline_imagenet_download_names_the_lite_backbones(tmp_path, monkeypatch):
+    # An unreachable proxy makes the download fail at once, online or not. urllib caches its
+    # opener (with the proxies of the moment) on first use: rebuild it now and after the test.
+    import urllib.request
+    for variable in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    urllib.request.install_opener(None)
+    try:
+        with pytest.raises(RuntimeError, match="efficientnet_lite0") as error:
+            model_lib.build_backbone("efficientnet_b0", "imagenet", (32, 32, 3))
+    finally:
+        urllib.request.install_opener(None)
+    assert "--weights=PATH" in str(error.value)
+
+
+def test_lite_backbone_plugs_into_the_multitask_model():
+    model = model_lib.build_model("efficientnet_lite0", "none", (48, 32), num_classes=3,
+                                  multi_label=True, cf_dim=4)
+    outputs = model(np.zeros((2, 48, 32, 3), np.float32), training=False)
+    assert outputs["labels"].shape == (2, 3) and outputs["cf"].shape == (2, 4)

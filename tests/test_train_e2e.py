@@ -45,7 +45,7 @@ def test_run_prints_metrics_and_fills_the_workdir(demo_run):
     assert (run / "checkpoints" / "best.weights.h5").is_file()
     assert not (run / "backup").exists()  # removed once training finished
     with np.load(run / "cf_embeddings.npz") as vectors:
-        assert vectors["vectors"].shape[1] == 32 and len(vectors["ids"]) > 50
+        assert vectors["vectors"].shape[1] == 64 and len(vectors["ids"]) > 50
     tensorboard = run / "tensorboard"
     assert list((tensorboard / "train").glob("events.out.tfevents.*"))
     assert list((tensorboard / "validation").glob("events.out.tfevents.*"))
@@ -107,3 +107,18 @@ def test_bad_flags_give_one_clear_message(tmp_path, flag, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("arm_flags,expected", [
+    (["--arm=two_stage", "--pretrain_epochs=1"], "two-stage: phase 1, 1 epochs"),
+    (["--arm=contrastive", "--cf_confidence=loss"], "CF confidence weights (loss)"),
+])
+def test_paper_baselines_and_variants_run(demo_run, tmp_path, arm_flags, expected):
+    base, _ = demo_run
+    result = run_train(TINY + [f"--catalogue={base}/run/demo_catalogue", "--epochs=1",
+                               f"--cf_embeddings={base}/run/cf_embeddings.npz",
+                               f"--workdir={tmp_path}/run", "--noexport", *arm_flags],
+                       cwd=str(tmp_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert expected in result.stdout
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["macro_map"] > 0

@@ -1,0 +1,75 @@
+"""Stage-2 training mechanics: optimizer, compile per arm, a resumable fit.
+
+Arms (PAPER.md, "Baselines"):
+  multitask:   L = L_labels + λ·L_cf (λ = 0 is the image-only baseline);
+  two_stage:   first regress the CF targets only, then train on labels only;
+  contrastive: L = L_labels + λ·triplet loss on the CF head.
+"""
+
+import os
+import sys
+
+import keras
+
+from cfimage import losses
+from cfimage.callbacks import StopOnNonFiniteLoss
+
+ARMS = ("multitask", "two_stage", "contrastive")
+
+
+def make_optimizer(name, learning_rate, weight_decay, clipnorm, total_steps):
+    """AdamW or SGD (momentum 0.9) with cosine decay and optional global-norm clipping."""
+    schedule = keras.optimizers.schedules.CosineDecay(
+        learning_rate, decay_steps=max(1, total_steps), alpha=0.01)
+    clip = {"global_clipnorm": clipnorm} if clipnorm > 0 else {}
+    if name == "adamw":
+        return keras.optimizers.AdamW(schedule, weight_decay=weight_decay, **clip)
+    if name == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=weight_decay, **clip)
+    raise ValueError(f"unknown optimizer {name!r}; use adamw or sgd")
+
+
+def compile_model(model, optimizer, label_loss, arm, label_weight, cf_weight, jit_compile,
+                  triplet_margin=0.25):
+    if arm == "contrastive":
+        cf_loss, cf_metrics = losses.CFTripletLoss(triplet_margin), []
+    else:
+        cf_loss = losses.CFReconstructionLoss()
+        cf_metrics = [losses.CFError("mse", name="mse"), losses.CFError("l1", name="l1")]
+    model.compile(optimizer=optimizer,
+                  loss={"labels": label_loss, "cf": cf_loss},
+                  loss_weights={"labels": float(label_weight), "cf": float(cf_weight)},
+                  metrics={"cf": cf_metrics}, jit_compile=jit_compile)
+
+
+def resumable_fit(model, train_ds, val_ds, epochs, workdir, tag, callbacks=(), log=print):
+    """model.fit that a killed run resumes (BackupAndRestore in <workdir>/backup[_tag]).
+
+    Raises SystemExit with the stage and step when the loss stops being finite.
+    """
+    suffix = f"_{tag}" if tag else ""
+    nan_guard = StopOnNonFiniteLoss()
+    all_callbacks = [
+        *callbacks,
+        nan_guard,
+        keras.callbacks.BackupAndRestore(os.path.join(workdir, f"backup{suffix}")),
+        keras.callbacks.CSVLogger(os.path.join(workdir, f"history{suffix}.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard", tag or ""),
+                                    update_freq="epoch"),
+    ]
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=all_callbacks,
+              verbose=1 if sys.stdout.isatty() else 2)
+    if nan_guard.failed_at:
+        step, value = nan_guard.failed_at
+        best = os.path.join(workdir, "checkpoints", "best.weights.h5")
+        kept = (f"the best checkpoint so far is intact at {best}" if os.path.exists(best)
+                else "no checkpoint had been chosen yet")
+        raise SystemExit(f"stage 2{' (' + tag + ')' if tag else ''}: the loss became {value} at "
+                         f"training step {step}; stopped ({kept}). Try a lower "
+                         "--learning_rate, a --clipnorm or a lower --cf_weight.")
+
+
+def save_weights_atomically(model, path):
+    tmp = path.replace(".weights.h5", ".tmp.weights.h5")
+    model.save_weights(tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,108 @@
+"""Experiment report: λ chosen on validation, mean ± 95% CI over seeds, paired tests, plots."""
+
+import os
+
+import numpy as np
+from scipy import stats
+
+BASELINE = "image_only"
+
+
+def mean_ci(values):
+    """Mean and half-width of the 95% t-interval (nan half-width for one value)."""
+    values = np.asarray(values, np.float64)
+    if len(values) < 2:
+        return float(values.mean()), float("nan")
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean()), float(half)
+
+
+def choose_lambda(results):
+    """Per (arm, label_ratio): the λ with the best mean validation mAP over seeds."""
+    means = results.groupby(["arm", "label_ratio", "cf_weight"])["val_map"].mean().reset_index()
+    best = means.loc[means.groupby(["arm", "label_ratio"])["val_map"].idxmax()]
+    return {(r.arm, r.label_ratio): r.cf_weight for r in best.itertuples()}
+
+
+def summarise(results):
+    """One row per (label_ratio, arm) at the λ chosen on validation."""
+    chosen = choose_lambda(results)
+    rows = []
+    for (arm, ratio), cf_weight in sorted(chosen.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        cell = results[(results.arm == arm) & (results.label_ratio == ratio)
+                       & (results.cf_weight == cf_weight)].set_index("seed")
+        row = {"label_ratio": ratio, "arm": arm, "cf_weight": cf_weight, "seeds": len(cell)}
+        row["map"], row["map_ci"] = mean_ci(cell.test_map)
+        row["p1"], row["p1_ci"] = mean_ci(cell.test_precision_at_1)
+        baseline = results[(results.arm == BASELINE) & (results.label_ratio == ratio)]
+        baseline = baseline.set_index("seed").test_map
+        paired = cell.test_map.index.intersection(baseline.index)
+        row["pairs"] = len(paired)
+        if arm != BASELINE and len(paired) >= 2:
+            diff = cell.test_map[paired] - baseline[paired]
+            mean_diff, half = mean_ci(diff)
+            reference = baseline[paired].mean()
+            row["gain"] = 100 * mean_diff / reference
+            row["gain_ci"] = 100 * half / reference
+            row["p_value"] = float(stats.ttest_rel(cell.test_map[paired],
+                                                   baseline[paired]).pvalue)
+        rows.append(row)
+    return rows
+
+
+def _format(rows):
+    lines = ["| label ratio | arm | λ (on val) | seeds | test macro mAP | precision@1 | "
+             "gain vs image-only (paired) | paired t-test p |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        gain = (f"{r['gain']:+.1f}% ± {r['gain_ci']:.1f}%" if "gain" in r else "—")
+        p_value = f"{r['p_value']:.3f}" if "p_value" in r else "—"
+        lines.append(f"| {r['label_ratio']:g} | {r['arm']} | {r['cf_weight']:g} | {r['seeds']} | "
+                     f"{r['map']:.4f} ± {r['map_ci']:.4f} | {r['p1']:.4f} ± {r['p1_ci']:.4f} | "
+                     f"{gain} | {p_value} |")
+    return "\n".join(lines)
+
+
+def _plots(rows, workdir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = sorted({r["arm"] for r in rows})
+    for kind, ylabel, filename in (("map", "test macro mAP", "map_vs_label_ratio.png"),
+                                   ("gain", "gain over image-only (%)",
+                                    "gain_vs_label_ratio.png")):
+        figure, axis = plt.subplots(figsize=(5.5, 4))
+        for arm in arms:
+            points = [r for r in rows if r["arm"] == arm and kind in r]
+            if not points:
+                continue
+            axis.errorbar([r["label_ratio"] for r in points], [r[kind] for r in points],
+                          yerr=[0 if np.isnan(r[kind + "_ci"]) else r[kind + "_ci"]
+                                for r in points], marker="o", capsize=3, label=arm)
+        if kind == "gain":
+            axis.axhline(0, color="grey", linewidth=0.8)
+        axis.set_xscale("log")
+        axis.set_xlabel("label ratio")
+        axis.set_ylabel(ylabel)
+        axis.set_title(f"{ylabel} (mean ± 95% CI over seeds)", fontsize=9)
+        axis.legend(fontsize=8)
+        figure.tight_layout()
+        figure.savefig(os.path.join(workdir, filename), dpi=120)
+        plt.close(figure)
+
+
+def write_report(results, workdir, command=""):
+    """Writes results.md and the two plots into `workdir`; returns the Markdown table."""
+    rows = summarise(results)
+    table = _format(rows)
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write("# Experiment results\n\n")
+        if command:
+            f.write(f"Command: `{command}`\n\n")
+        f.write("λ is chosen per arm and label ratio on mean validation mAP; test figures are "
+                "mean ± 95% t-interval over seeds; the gain is the mean paired difference to "
+                "image-only (same seed: same split, label mask and initial weights) relative to "
+                "image-only's mean, with its 95% CI.\n\n" + table + "\n")
+    _plots(rows, workdir)
+    return table

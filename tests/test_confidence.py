@@ -1,0 +1,65 @@
+import math
+
+import numpy as np
+import pytest
+
+from cfimage import confidence, data, losses
+
+
+def test_clip_and_rescale_maps_the_interquartile_range_to_1_3():
+    reference = np.array([0.0, 1.0, 2.0, 3.0, 4.0])  # quantiles: 25% = 1, 75% = 3
+    weights = confidence.clip_and_rescale(np.array([0.0, 1.0, 2.0, 3.0, 10.0]), reference)
+    np.testing.assert_allclose(weights, [1.0, 1.0, 2.0, 3.0, 3.0])
+
+
+def test_uniform_and_sqrt_weights():
+    has = np.array([True, True, True, True, True, False])
+    np.testing.assert_array_equal(confidence.confidence_weights("uniform", has),
+                                  [1, 1, 1, 1, 1, 0])
+    counts = np.array([1, 4, 9, 16, 25, 100])  # sqrt: 1..5 on the training items
+    weights = confidence.confidence_weights("sqrt", has, interaction_counts=counts,
+                                            train_rows=np.arange(6))
+    # sqrt quantiles over items with vectors: 25% = 2, 75% = 4 -> clipped, rescaled to [1, 3]
+    np.testing.assert_allclose(weights, [1.0, 1.0, 2.0, 3.0, 3.0, 0.0])
+
+
+def test_loss_based_weights_favour_items_whose_vector_explains_their_labels():
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = (rng.random((n, 3)) < 0.3).astype(np.float32)
+    labels[labels.sum(axis=1) == 0, 0] = 1
+    vectors = labels @ rng.normal(size=(3, 8)) + 0.1 * rng.normal(size=(n, 8))
+    noisy = np.arange(n) % 4 == 0
+    vectors[noisy] = rng.normal(size=(noisy.sum(), 8)) * 3  # vectors that say nothing
+    has = np.ones(n, bool)
+    weights = confidence.confidence_weights("loss", has, vectors=vectors, labels=labels,
+                                            labelled=np.ones(n, bool), train_rows=np.arange(n))
+    assert weights.min() >= 1.0 and weights.max() <= 3.0
+    assert weights[~noisy].mean() > weights[noisy].mean() + 0.5
+
+
+def test_unknown_kind_is_rejected():
+    with pytest.raises(ValueError, match="uniform"):
+        confidence.confidence_weights("popularity", np.ones(3, bool))
+
+
+def test_nearest_cf_neighbours_skip_self_and_items_without_vectors():
+    targets = np.array([[0, 0], [0, 1], [5, 5], [0, 0.2], [100, 100]], np.float32)
+    has = np.array([True, True, True, True, False])
+    np.testing.assert_array_equal(data.nearest_cf_neighbours(targets, has, chunk=2),
+                                  [3, 3, 1, 0, -1])
+
+
+def test_triplet_loss_by_hand():
+    # item 1: anchor [0,0], positive [1,0], negative (item 2's positive) [0,2]
+    #   d+ = 0.5, d- = 2  -> max(0, 0.5 - 2 + 1) = 0
+    # item 2: anchor [0,1], positive [0,2], negative (item 1's positive) [1,0]
+    #   d+ = 0.5, d- = (1 + 1)/2 = 1 -> max(0, 0.5 - 1 + 1) = 0.5
+    y_true = np.array([[1, 0, 1], [0, 2, 1]], np.float32)
+    y_pred = np.array([[0, 0], [0, 1]], np.float32)
+    loss = losses.CFTripletLoss(margin=1.0)(y_true, y_pred)
+    assert float(loss) == pytest.approx(0.25)
+    # An item without a positive (weight 0) takes itself and its "negative" user out.
+    y_true[1, 2] = 0
+    assert math.isclose(float(losses.CFTripletLoss(margin=1.0)(y_true, y_pred)), 0.0,
+                        abs_tol=1e-7)

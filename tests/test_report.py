@@ -1,0 +1,54 @@
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from cfimage import experiment, report
+
+
+def _results():
+    rows = []
+    rng = np.random.default_rng(0)
+    for seed in range(5):
+        base = 0.30 + 0.02 * rng.normal()
+        rows.append(dict(arm="image_only", label_ratio=0.1, cf_weight=0.0, seed=seed,
+                         val_map=base, test_map=base, test_precision_at_1=0.5))
+        for cf_weight, lift, val in ((1.0, 0.01, 0.0), (2.0, 0.03, 0.05)):
+            rows.append(dict(arm="multitask", label_ratio=0.1, cf_weight=cf_weight, seed=seed,
+                             val_map=base + val, test_map=base + lift + 0.001 * seed,
+                             test_precision_at_1=0.6))
+    return pd.DataFrame(rows)
+
+
+def test_lambda_is_chosen_on_validation_and_gain_is_paired(tmp_path):
+    results = _results()
+    assert report.choose_lambda(results)[("multitask", 0.1)] == 2.0
+    rows = {r["arm"]: r for r in report.summarise(results)}
+    multitask, baseline = rows["multitask"], rows["image_only"]
+    chosen = results[(results.arm == "multitask") & (results.cf_weight == 2.0)]
+    base = results[results.arm == "image_only"]
+    diff = chosen.test_map.to_numpy() - base.test_map.to_numpy()
+    assert multitask["map"] == pytest.approx(chosen.test_map.mean())
+    assert multitask["gain"] == pytest.approx(100 * diff.mean() / base.test_map.mean())
+    half = stats.t.ppf(0.975, 4) * diff.std(ddof=1) / np.sqrt(5)
+    assert multitask["gain_ci"] == pytest.approx(100 * half / base.test_map.mean())
+    assert multitask["p_value"] < 0.001 and "gain" not in baseline
+    table = report.write_report(results, str(tmp_path), command="x")
+    assert "| 0.1 | multitask | 2 | 5 |" in table
+    assert (tmp_path / "results.md").is_file()
+    assert (tmp_path / "map_vs_label_ratio.png").stat().st_size > 1000
+    assert (tmp_path / "gain_vs_label_ratio.png").stat().st_size > 1000
+
+
+def test_mean_ci_of_known_values():
+    mean, half = report.mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(stats.t.ppf(0.975, 2) * 1.0 / np.sqrt(3))
+
+
+def test_plan_is_seed_major_and_baselines_have_one_lambda():
+    cells = experiment.plan_cells(["image_only", "multitask"], ["0.1", "1.0"], ["1", "2"],
+                                  ["0", "1"])
+    assert len(cells) == 2 * 2 * (1 + 2)
+    assert [c["seed"] for c in cells[:6]] == [0] * 6
+    assert {c["cf_weight"] for c in cells if c["arm"] == "image_only"} == {0.0}
+    assert len({c["name"] for c in cells}) == len(cells)
