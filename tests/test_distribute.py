@@ -78,7 +78,7 @@ def read_weights(path):
     return arrays
 
 
-def test_two_workers_train_to_identical_weights(tmp_path):
+def test_two_workers_train_to_identical_trainable_weights(tmp_path):
     catalogue = demo.make_demo_catalogue(str(tmp_path / "catalogue"), seed=2, num_items=60,
                                          num_users=30, image_size=32)
     ids = [f"item{i:05d}" for i in range(60)]
@@ -119,8 +119,16 @@ def test_two_workers_train_to_identical_weights(tmp_path):
     chief = read_weights(workdir / "checkpoints" / "best.weights.h5")
     other = read_weights(workdir / "workertemp_worker_1" / "checkpoints" / "best.weights.h5")
     assert chief.keys() == other.keys() and len(chief) > 100
-    for name in chief:
+    # Gradients are all-reduced, so every trainable weight is identical. BatchNormalization's
+    # moving mean and variance (vars 2 and 3) follow each worker's own half of the batch:
+    # Keras 3 does not all-reduce them (README, "Training on several machines").
+    moving = {name for name in chief if "batch_normalization" in name
+              and name.rsplit("/", 1)[1] in ("2", "3")}
+    assert len(moving) > 50
+    for name in sorted(set(chief) - moving):
         np.testing.assert_array_equal(chief[name], other[name], err_msg=name)
+    for name in moving:
+        np.testing.assert_allclose(chief[name], other[name], rtol=0.5, atol=0.05, err_msg=name)
     # The chief writes the run's outputs; worker 1 only into its temp dir.
     assert (workdir / "metrics.json").is_file() and (workdir / "history.csv").is_file()
     assert list((workdir / "tensorboard" / "train").glob("events.out.tfevents.*"))
