@@ -57,8 +57,9 @@ def resumable_fit(model, train_ds, val_ds, epochs, workdir, tag, callbacks=(), l
         keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard", tag or ""),
                                     update_freq="epoch"),
     ]
+    # shuffle=False: the tf.data pipeline shuffles (data.make_dataset); Keras cannot.
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=all_callbacks,
-              verbose=1 if sys.stdout.isatty() else 2)
+              shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
     if nan_guard.failed_at:
         step, value = nan_guard.failed_at
         best = os.path.join(workdir, "checkpoints", "best.weights.h5")

@@ -1,0 +1,47 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cfimage import fit, losses
+
+
+def _tiny_model():
+    pixels = keras.Input((4,), name="pixels")
+    hidden = keras.layers.Dense(8, activation="relu")(pixels)
+    return keras.Model(pixels, {"labels": keras.layers.Dense(2, activation="sigmoid",
+                                                             name="labels")(hidden),
+                                "cf": keras.layers.Dense(3, name="cf")(hidden)})
+
+
+def _dataset(x):
+    y = {"labels": np.ones((len(x), 3), np.float32), "cf": np.ones((len(x), 4), np.float32)}
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+
+
+def test_a_nan_loss_stops_the_run_naming_stage_and_step(tmp_path):
+    model = _tiny_model()
+    fit.compile_model(model, fit.make_optimizer("adamw", 1e-3, 0.0, 1.0, 10),
+                      losses.MaskedWeightedBCE([1.0, 1.0]), "multitask", 1.0, 1.0, False)
+    x = np.ones((8, 4), np.float32)
+    x[5] = np.nan  # the second batch poisons the loss
+    with pytest.raises(SystemExit, match=r"stage 2: the loss became nan at training step \d") \
+            as stop:
+        fit.resumable_fit(model, _dataset(x), _dataset(np.ones((4, 4), np.float32)), 3,
+                          str(tmp_path), "")
+    assert "no checkpoint had been chosen yet" in str(stop.value)
+
+
+def test_healthy_fit_writes_history_and_removes_its_backup(tmp_path):
+    model = _tiny_model()
+    fit.compile_model(model, fit.make_optimizer("sgd", 1e-2, 0.0, 0.0, 10),
+                      losses.MaskedWeightedBCE([1.0, 1.0]), "contrastive", 1.0, 0.5, False)
+    data = _dataset(np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32))
+    fit.resumable_fit(model, data, data, 2, str(tmp_path), "pretrain")
+    assert len((tmp_path / "history_pretrain.csv").read_text().splitlines()) == 3
+    assert not os.path.exists(tmp_path / "backup_pretrain")
+    path = str(tmp_path / "w.weights.h5")
+    fit.save_weights_atomically(model, path)
+    assert os.path.isfile(path) and not os.path.exists(path.replace(".weights", ".tmp.weights"))
