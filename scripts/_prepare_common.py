@@ -184,3 +184,26 @@ def write_catalogue(out_dir, items, interactions, interaction_columns):
 def clean_label(name):
     """Labels are "|"-separated in items.csv, so a "|" inside a name becomes "/"."""
     return " ".join(str(name).replace("|", "/").split())
+
+
+def add_download_arguments(parser, progress_every):
+    """The image-download and progress flags shared by the Amazon and Pinterest tools."""
+    parser.add_argument("--workers", type=int, default=16, help="parallel image downloads")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    parser.add_argument("--retries", type=int, default=3, help="attempts per image")
+    parser.add_argument("--progress_every", type=int, default=progress_every,
+                        help="log progress every N input lines (0 = never)")
+    parser.add_argument("--image_progress_every", type=int, default=1000,
+                        help="log progress every N images (0 = never)")
+
+
+def run_main(tool, prepare, args):
+    """Runs `prepare(args)`; a PrepareError ends the process with one clear line."""
+    try:
+        counts = prepare(args)
+    except PrepareError as error:
+        sys.exit(f"{tool}: error: {error}")
+    log(f"catalogue written to {os.path.abspath(args.out)}")
+    for key, value in counts.items():
+        log(f"  {key}: {value}")
+    return counts

@@ -46,7 +46,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _prepare_common import (PrepareError, clean_label, download_images, log,  # noqa: E402
+from _prepare_common import (PrepareError, add_download_arguments, clean_label,  # noqa: E402
+                             download_images, log, run_main,
                              open_text, resolve_input, write_catalogue, write_failures)
 
 DEFAULT_SOURCE = "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/"
@@ -197,26 +198,12 @@ def parse_args(argv=None):
     parser.add_argument("--images_dir", help="image folder (default <out>/images)")
     parser.add_argument("--min_items", type=int, default=10,
                         help="labels with fewer items are merged into their parent")
-    parser.add_argument("--workers", type=int, default=16, help="parallel image downloads")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
-    parser.add_argument("--retries", type=int, default=3, help="attempts per image")
-    parser.add_argument("--progress_every", type=int, default=100_000,
-                        help="log progress every N input lines (0 = never)")
-    parser.add_argument("--image_progress_every", type=int, default=1000,
-                        help="log progress every N images (0 = never)")
+    add_download_arguments(parser, progress_every=100_000)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        counts = prepare(args)
-    except PrepareError as error:
-        sys.exit(f"prepare_amazon: error: {error}")
-    log(f"catalogue written to {os.path.abspath(args.out)}")
-    for key, value in counts.items():
-        log(f"  {key}: {value}")
-    return counts
+    return run_main("prepare_amazon", prepare, parse_args(argv))
 
 
 if __name__ == "__main__":

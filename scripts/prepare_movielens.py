@@ -46,7 +46,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _prepare_common import PrepareError, clean_label, log, write_catalogue  # noqa: E402
+from _prepare_common import (PrepareError, clean_label, log, run_main,  # noqa: E402
+                             write_catalogue)
 
 NO_GENRES = ("(no genres listed)", "unknown")
 POSTER_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -295,15 +296,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        counts = prepare(args)
-    except PrepareError as error:
-        sys.exit(f"prepare_movielens: error: {error}")
-    log(f"catalogue written to {os.path.abspath(args.out)}")
-    for key, value in counts.items():
-        log(f"  {key}: {value}")
-    return counts
+    return run_main("prepare_movielens", prepare, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _prepare_common import (PrepareError, clean_label, download_images, log,  # noqa: E402
+from _prepare_common import (PrepareError, add_download_arguments, clean_label,  # noqa: E402
+                             download_images, log, run_main,
                              open_text, resolve_input, write_catalogue, write_failures)
 
 
@@ -166,26 +167,12 @@ def parse_args(argv=None):
     parser.add_argument("--category_field", default="category")
     parser.add_argument("--user_id_field", default="user_id")
     parser.add_argument("--timestamp_field", default="timestamp")
-    parser.add_argument("--workers", type=int, default=16, help="parallel image downloads")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
-    parser.add_argument("--retries", type=int, default=3, help="attempts per image")
-    parser.add_argument("--progress_every", type=int, default=1_000_000,
-                        help="log progress every N input lines (0 = never)")
-    parser.add_argument("--image_progress_every", type=int, default=1000,
-                        help="log progress every N images (0 = never)")
+    add_download_arguments(parser, progress_every=1_000_000)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        counts = prepare(args)
-    except PrepareError as error:
-        sys.exit(f"prepare_pinterest: error: {error}")
-    log(f"catalogue written to {os.path.abspath(args.out)}")
-    for key, value in counts.items():
-        log(f"  {key}: {value}")
-    return counts
+    return run_main("prepare_pinterest", prepare, parse_args(argv))
 
 
 if __name__ == "__main__":
