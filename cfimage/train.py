@@ -176,8 +176,9 @@ def main(argv):
         else "cfimage_demo")
     workdir = os.path.abspath(FLAGS.workdir or os.path.join("runs", model_name))
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "flags.txt"), "w") as f:
+    with open(os.path.join(workdir, "flags.txt.tmp"), "w") as f:  # atomic: temp + rename
         f.write(FLAGS.flags_into_string())
+    os.replace(os.path.join(workdir, "flags.txt.tmp"), os.path.join(workdir, "flags.txt"))
     log(f"workdir {workdir}")
 
     if FLAGS.threads > 0:
