@@ -3,10 +3,12 @@
 import json
 import math
 import os
+import time
 
 import keras
 import numpy as np
 
+from cfimage import atomic
 from cfimage.metrics import evaluate_scores
 
 
@@ -45,17 +47,24 @@ class SelectByValidationMAP(keras.callbacks.Callback):
         improved = metrics["macro_map"] > self.best
         if improved:
             self.best, self.best_epoch = metrics["macro_map"], epoch + 1
-            tmp = self.checkpoint_path.replace(".weights.h5", ".tmp.weights.h5")
-            self.model.save_weights(tmp)
-            os.replace(tmp, self.checkpoint_path)
-            with open(self.state_path + ".tmp", "w") as f:
-                json.dump({"val_map": self.best, "epoch": self.best_epoch}, f)
-            os.replace(self.state_path + ".tmp", self.state_path)
+            atomic.save_weights(self.model, self.checkpoint_path)
+            atomic.write_json(self.state_path, {"val_map": self.best, "epoch": self.best_epoch})
         losses = "  ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items())
                            if k.endswith("loss") and isinstance(v, float))
         self.log(f"epoch {epoch + 1}: {losses}  val_map {metrics['macro_map']:.4f}  "
                  f"val_p@1 {metrics['precision_at_1']:.3f}"
                  + ("  (best so far, saved)" if improved else ""))
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Wall-clock time at the end of every training batch (for throughput benchmarks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(time.perf_counter())
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):

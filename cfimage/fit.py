@@ -68,9 +68,3 @@ def resumable_fit(model, train_ds, val_ds, epochs, workdir, tag, callbacks=(), l
         raise SystemExit(f"stage 2{' (' + tag + ')' if tag else ''}: the loss became {value} at "
                          f"training step {step}; stopped ({kept}). Try a lower "
                          "--learning_rate, a --clipnorm or a lower --cf_weight.")
-
-
-def save_weights_atomically(model, path):
-    tmp = path.replace(".weights.h5", ".tmp.weights.h5")
-    model.save_weights(tmp)
-    os.replace(tmp, path)

@@ -166,7 +166,7 @@ def main(argv):
     import tensorflow as tf
 
     from cfimage import catalogue as catalogue_lib
-    from cfimage import cf_embeddings, confidence, data, demo, export, fit, losses
+    from cfimage import atomic, cf_embeddings, confidence, data, demo, export, fit, losses
     from cfimage import model as model_lib
     from cfimage.callbacks import SelectByValidationMAP
     from cfimage.metrics import evaluate_scores
@@ -176,9 +176,7 @@ def main(argv):
         else "cfimage_demo")
     workdir = os.path.abspath(FLAGS.workdir or os.path.join("runs", model_name))
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "flags.txt.tmp"), "w") as f:  # atomic: temp + rename
-        f.write(FLAGS.flags_into_string())
-    os.replace(os.path.join(workdir, "flags.txt.tmp"), os.path.join(workdir, "flags.txt"))
+    atomic.write_text(os.path.join(workdir, "flags.txt"), FLAGS.flags_into_string())
     log(f"workdir {workdir}")
 
     if FLAGS.threads > 0:
@@ -295,9 +293,7 @@ def main(argv):
                                       vectors[has_vector])
         np.savez(os.path.join(workdir, "user_embeddings.npz"), ids=result.user_ids,
                  vectors=result.user_vectors)
-        with open(cf_state + ".tmp", "w") as f:
-            json.dump({"key": stage1_key, "metrics": stage1_metrics}, f, indent=2)
-        os.replace(cf_state + ".tmp", cf_state)
+        atomic.write_json(cf_state, {"key": stage1_key, "metrics": stage1_metrics})
     cf_embeddings.write_projector(
         os.path.join(outdir, "tensorboard", "embeddings"), catalogue.item_ids[has_vector],
         vectors[has_vector],
@@ -385,7 +381,7 @@ def main(argv):
                               0.0, 1.0, jit)
             fit.resumable_fit(model, train_ds, val_ds, FLAGS.pretrain_epochs, outdir,
                               "pretrain", log=log)
-            fit.save_weights_atomically(model, pretrained)
+            atomic.save_weights(model, pretrained)
         model.load_weights(pretrained)
         label_weight, cf_weight = 1.0, 0.0
     fit.compile_model(model, optimizer(FLAGS.epochs), label_loss, FLAGS.arm, label_weight,
@@ -415,9 +411,7 @@ def main(argv):
                "stage1": stage1_metrics, "cf_scaling": cf_scaling,
                "train_seconds": round(time.time() - started, 1),
                "num_items": {k: int(len(v)) for k, v in splits.items()}}
-    with open(os.path.join(outdir, "metrics.json.tmp"), "w") as f:
-        json.dump(metrics, f, indent=2)
-    os.replace(os.path.join(outdir, "metrics.json.tmp"), os.path.join(outdir, "metrics.json"))
+    atomic.write_json(os.path.join(outdir, "metrics.json"), metrics)
     log(f"test (checkpoint of epoch {best['epoch']}, chosen on validation mAP "
         f"{best['val_map']:.4f}): macro mAP {test['macro_map']:.4f}, "
         f"precision@1 {test['precision_at_1']:.4f} on {test['num_items']} items")

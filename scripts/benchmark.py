@@ -38,6 +38,7 @@ from absl import app, flags, logging
 from cfimage import catalogue as catalogue_lib
 from cfimage import cf_embeddings, data, demo, export, fit, losses
 from cfimage import model as model_lib
+from cfimage.callbacks import StepTimer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("backbone", "efficientnet_b0", "Backbone (as train.py's --backbone).")
@@ -54,15 +55,6 @@ flags.DEFINE_string("out", None, "Also write the results as JSON to this path.")
 CF_WEIGHT = 2.0
 
 
-class _StepTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.ends = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.ends.append(time.perf_counter())
-
-
 def epoch_images_per_second(dataset):
     start, count = time.perf_counter(), 0
     for images, _ in dataset:
@@ -72,7 +64,7 @@ def epoch_images_per_second(dataset):
 
 def fit_images_per_second(model, dataset, steps, batch_size, warmup=3):
     """model.fit for warmup + steps steps; images/s over the steps after the warm-up."""
-    timer = _StepTimer()
+    timer = StepTimer()
     model.fit(dataset.repeat(), steps_per_epoch=warmup + steps, epochs=1, verbose=0,
               callbacks=[timer])
     return steps * batch_size / (timer.ends[-1] - timer.ends[warmup - 1])

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 from absl import app, flags
 
+from cfimage.callbacks import StepTimer
 from cfimage.lite import efficientnet_lite
 
 FLAGS = flags.FLAGS
@@ -44,17 +45,6 @@ def _backbones(image_size):
     }
 
 
-class _StepTimer(keras.callbacks.Callback):
-    """Wall-clock time at the end of every training batch."""
-
-    def __init__(self):
-        super().__init__()
-        self.ends = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.ends.append(time.perf_counter())
-
-
 def _compiled(make_backbone):
     backbone = make_backbone()
     outputs = keras.layers.Dense(NUM_CLASSES, name="head")(backbone.output)
@@ -66,7 +56,7 @@ def _compiled(make_backbone):
 
 def _train_img_per_s(model, images, labels, steps):
     """Fits 1 + `steps` batches; times the last `steps` (the first pays for iterator setup)."""
-    batch, timer = FLAGS.batch_size, _StepTimer()
+    batch, timer = FLAGS.batch_size, StepTimer()
     count = (1 + steps) * batch
     model.fit(images[:count], labels[:count], batch_size=batch, epochs=1, shuffle=False,
               verbose=0, callbacks=[timer])

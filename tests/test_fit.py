@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cfimage import fit, losses
+from cfimage import atomic, fit, losses
 
 
 def _tiny_model():
@@ -43,5 +43,5 @@ def test_healthy_fit_writes_history_and_removes_its_backup(tmp_path):
     assert len((tmp_path / "history_pretrain.csv").read_text().splitlines()) == 3
     assert not os.path.exists(tmp_path / "backup_pretrain")
     path = str(tmp_path / "w.weights.h5")
-    fit.save_weights_atomically(model, path)
+    atomic.save_weights(model, path)
     assert os.path.isfile(path) and not os.path.exists(path.replace(".weights", ".tmp.weights"))
