@@ -52,7 +52,10 @@ def resumable_fit(model, train_ds, val_ds, epochs, workdir, tag, callbacks=(), l
     all_callbacks = [
         *callbacks,
         nan_guard,
-        keras.callbacks.BackupAndRestore(os.path.join(workdir, f"backup{suffix}")),
+        # double_checkpoint: a kill while the backup is being written leaves the previous
+        # epoch's copy, which Keras falls back to (seen: a SIGKILL mid-write corrupted it).
+        keras.callbacks.BackupAndRestore(os.path.join(workdir, f"backup{suffix}"),
+                                         double_checkpoint=True),
         keras.callbacks.CSVLogger(os.path.join(workdir, f"history{suffix}.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard", tag or ""),
                                     update_freq="epoch"),
