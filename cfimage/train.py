@@ -6,7 +6,8 @@ r"""Trains a collaborative image classifier end to end.
 Sections of main(): set-up -> data -> stage 1 (CF item embeddings, TFRS) ->
 stage 2 (multitask image model, Keras 3) -> evaluation on test -> export.
 Everything a run writes lands under --workdir; the export goes to
-<export_dir>/<model_name>/<version>/.
+<export_dir>/<model_name>/<version>/. The flags and their checks are in
+cfimage/train_flags.py.
 """
 
 import contextlib
@@ -15,142 +16,9 @@ import os
 import time
 
 import cfimage  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from absl import app, flags
+from absl import app
 
-FLAGS = flags.FLAGS
-
-# --- Catalogue ---------------------------------------------------------------
-flags.DEFINE_string("catalogue", None, "Catalogue directory (see README). Default: the "
-                    "built-in demo catalogue, generated into <workdir>/demo_catalogue.")
-flags.DEFINE_integer("demo_seed", 0, "Seed of the generated demo catalogue.")
-flags.DEFINE_integer("demo_items", 1200, "Number of items of the generated demo catalogue.")
-flags.DEFINE_integer("demo_users", 400, "Number of users of the generated demo catalogue.")
-flags.DEFINE_string("items_file", "items.csv", "Items file inside the catalogue.")
-flags.DEFINE_string("interactions_file", "interactions.csv", "Interactions file.")
-flags.DEFINE_string("item_id_column", "item_id", "Item id column of the items file.")
-flags.DEFINE_string("image_column", "image", "Image path column (relative to the catalogue).")
-flags.DEFINE_string("labels_column", "labels", "Labels column; empty = unlabelled item.")
-flags.DEFINE_string("label_separator", "|", "Separator between labels.")
-flags.DEFINE_string("user_id_column", "user_id", "User id column of the interactions file.")
-flags.DEFINE_string("interaction_item_column", "item_id", "Item id column of interactions.")
-flags.DEFINE_string("weight_column", "weight", "Optional weight/rating column, used as the "
-                    "interaction's loss weight in stage 1 ('' = every interaction weighs 1).")
-flags.DEFINE_string("timestamp_column", "timestamp", "Optional timestamp column.")
-flags.DEFINE_integer("min_label_count", 1, "Labels with fewer items are dropped.")
-flags.DEFINE_list("ignore_labels", [], "Label values that mean 'no label'.")
-flags.DEFINE_enum("on_bad_image", "fail", ["fail", "skip"],
-                  "Unreadable images (missing pixels, truncated, not an image): fail, or skip "
-                  "those items (listed in <workdir>/skipped_images.csv).")
-flags.DEFINE_enum("unknown_interaction_items", "fail", ["fail", "keep", "drop"],
-                  "Interactions on items not in the items file: fail, keep them for "
-                  "stage 1 only, or drop them.")
-
-# --- Stage 1: collaborative item embeddings ----------------------------------
-flags.DEFINE_string("cf_embeddings", None, "Skip stage 1 and use these item vectors "
-                    "(.npz with ids/vectors, or .csv item_id,v0,v1,...).")
-flags.DEFINE_integer("cf_dim", 64, "Two-tower embedding dimension.")
-flags.DEFINE_integer("cf_epochs", None, "Two-tower epochs (default: the module default).")
-flags.DEFINE_float("cf_learning_rate", None, "Two-tower learning rate.")
-flags.DEFINE_float("cf_temperature", None, "Two-tower softmax temperature.")
-flags.DEFINE_float("cf_holdout", 0.1, "Share of each user's interactions held out for recall@k.")
-flags.DEFINE_integer("cf_recall_k", 10, "k of the held-out recall@k report.")
-flags.DEFINE_integer("cf_min_interactions", 1, "Items with fewer interactions get no CF vector "
-                     "(their CF loss is masked).")
-flags.DEFINE_float("cf_target_scale", 0.5, "CF targets are centred and scaled to this RMS "
-                   "per dimension (keeps the exponential CF loss in range).")
-
-# --- Stage 2: the image model -------------------------------------------------
-flags.DEFINE_string("backbone", "efficientnet_b0", "EfficientNet backbone: efficientnet_b0..b7, "
-                    "efficientnet_v2_b0..b3, efficientnet_v2_s/m/l, efficientnet_lite0..2 "
-                    "(ImageNet weights offline, see README).")
-flags.DEFINE_string("weights", "none", "Backbone weights: none, imagenet, or a weights file.")
-flags.DEFINE_string("image_size", "64", "Training image size: N or HxW (e.g. 96x64).")
-flags.DEFINE_integer("batch_size", 32, "Batch size.")
-flags.DEFINE_integer("epochs", 30, "Training epochs.")
-flags.DEFINE_enum("optimizer", "adamw", ["adamw", "sgd"], "Optimizer.")
-flags.DEFINE_float("learning_rate", 3e-3, "Peak learning rate (cosine decay).")
-flags.DEFINE_float("weight_decay", 1e-5, "Weight decay.")
-flags.DEFINE_float("clipnorm", 1.0, "Gradient clipping by global norm (0 = off).")
-flags.DEFINE_float("dropout", 0.2, "Dropout before the classification layer.")
-flags.DEFINE_float("cf_weight", 2.0, "λ, weight of the CF loss; 0 = the image-only baseline.")
-flags.DEFINE_enum("arm", "multitask", ["multitask", "two_stage", "contrastive"],
-                  "multitask: L_labels + λ·L_cf; two_stage: CF regression first "
-                  "(--pretrain_epochs), then labels only; contrastive: L_labels + λ·triplet "
-                  "loss on the CF head (positive = nearest CF neighbour).")
-flags.DEFINE_enum("cf_confidence", "uniform", ["uniform", "sqrt", "loss"],
-                  "Per-item weights of the CF loss: uniform, sqrt(#interactions), or "
-                  "loss-based (see cfimage/confidence.py).")
-flags.DEFINE_integer("pretrain_epochs", 5, "two_stage: epochs of CF-only pre-training.")
-flags.DEFINE_float("triplet_margin", 0.25, "contrastive: triplet margin (mean squared units).")
-flags.DEFINE_float("label_ratio", 1.0, "Share of training items that keep their labels.")
-flags.DEFINE_list("split", ["0.7", "0.1", "0.2"], "Train, validation, test fractions.")
-flags.DEFINE_integer("seed", 0, "Seed of the split, label masking and initial weights.")
-flags.DEFINE_enum("task", "auto", ["auto", "multi_label", "single_label"],
-                  "auto: multi-label when any item has more than one label.")
-flags.DEFINE_enum("mixed_precision", "auto", ["auto", "true", "false"],
-                  "auto: mixed_float16 when a GPU is present, float32 on CPU.")
-flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA (auto: GPU only).")
-
-# --- Scale: distribution strategy and input from TFRecords ---------------------
-flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker", "tpu"],
-                  "Stage-2 tf.distribute strategy (cfimage/distribute.py). auto: mirrored on "
-                  ">1 GPU, else none. multi_worker reads TF_CONFIG. --batch_size is per "
-                  "replica; the learning rate scales with the replicas.")
-flags.DEFINE_string("tpu", "", "--strategy=tpu: TPU name or grpc:// address ('' = local).")
-flags.DEFINE_string("tfrecords", None, "Stage 2 reads images from these TFRecord shards "
-                    "(e.g. DIR/items-*, written by scripts/make_tfrecords.py at --image_size) "
-                    "instead of decoding and caching the image files: for catalogues whose "
-                    "decoded images do not fit in memory.")
-
-# --- Output -------------------------------------------------------------------
-flags.DEFINE_string("workdir", None, "Run directory (default: runs/<model_name>). Running the "
-                    "same command again resumes an interrupted run.")
-flags.DEFINE_string("export_dir", "saved_models", "Base directory of SavedModel exports.")
-flags.DEFINE_string("model_name", None, "Export name (default: the catalogue's folder name, "
-                    "or cfimage_demo).")
-flags.DEFINE_boolean("export", True, "Export a SavedModel at the end.")
-flags.DEFINE_boolean("stage1_only", False, "Stop after stage 1 (CF embeddings in the workdir).")
-flags.DEFINE_integer("threads", 0, "TensorFlow intra- and inter-op threads (0 = default). Two "
-                     "runs with one thread each beat one run with two on a 2-core CPU.")
-
-
-def log(message):
-    print(f"[cfimage] {message}", flush=True)
-
-
-def fail(message):
-    """Stops the run for a user mistake: one clear message on stderr, exit status 1."""
-    raise SystemExit(f"cfimage: error: {message}")
-
-
-def parse_image_size(text):
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) < 32:
-        fail(f"--image_size={text!r}: use N or HxW with sides >= 32, e.g. 96x64")
-    return tuple(parts)
-
-
-def check_flags():
-    if not 0.0 < FLAGS.label_ratio <= 1.0:
-        fail(f"--label_ratio={FLAGS.label_ratio}: must be in (0, 1].")
-    if FLAGS.cf_weight < 0:
-        fail(f"--cf_weight={FLAGS.cf_weight}: λ must be >= 0.")
-    if FLAGS.epochs < 1 or FLAGS.batch_size < 1:
-        fail("--epochs and --batch_size must be >= 1.")
-    if FLAGS.cf_target_scale <= 0:
-        fail("--cf_target_scale must be > 0.")
-    try:
-        fractions = tuple(float(f) for f in FLAGS.split)
-    except ValueError:
-        fractions = ()
-    if len(fractions) != 3:
-        fail(f"--split={','.join(FLAGS.split)}: give three fractions, e.g. 0.7,0.1,0.2")
-    return parse_image_size(FLAGS.image_size), fractions
+from cfimage.train_flags import FLAGS, check_flags, fail, log
 
 
 def main(argv):
