@@ -12,7 +12,9 @@ validated on load; a user mistake raises `CatalogueError` with the file, the
 line and the value, and says what would be valid.
 """
 
+import csv
 import dataclasses
+import io
 import os
 
 import numpy as np
@@ -57,7 +59,9 @@ class Catalogue:
     label_names: list  # (C,) sorted
     labels: np.ndarray  # (n, C) float32 multi-hot
     labelled: np.ndarray  # (n,) bool: the item has at least one label
-    interactions: pd.DataFrame  # user_id, item_id (str), weight (float), [timestamp]
+    # user_id, item_id (str), weight (float), [timestamp]; None when loaded with
+    # interactions=False (stage 1 streams them from the files: cfimage/cf_stream.py).
+    interactions: pd.DataFrame | None
     multi_label: bool
     notes: list = dataclasses.field(default_factory=list)  # what loading changed, for the log
 
@@ -70,23 +74,64 @@ class Catalogue:
         return len(self.label_names)
 
 
-def _line(index):
-    """File line of a pandas row index (line 1 is the header)."""
-    return index + 2
-
-
 def _read_csv(path, what):
+    """Reads a CSV file as strings; returns (frame, file line of each row).
+
+    Python's csv module rather than pandas: every row must have as many fields as the
+    header (pandas pads short rows and shifts long ones into an index), quoting is
+    strict, and each row keeps the file line it starts on (blank lines and quoted line
+    breaks would shift a row count), so every message can name the real line.
+    """
     if not os.path.isfile(path):
         raise CatalogueError(f"{what} file not found: {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        text = raw.decode("utf-8-sig")  # a UTF-8 byte-order mark is allowed
     except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
         raise CatalogueError(
-            f"{path}: not valid UTF-8 ({error}). Save the file as UTF-8.") from error
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise CatalogueError(f"{path}: not a readable CSV file: {error}") from error
-    frame.columns = [str(c).strip() for c in frame.columns]
-    return frame
+            f"{path}, line {line}: not valid UTF-8 (byte {raw[error.start:error.start + 1]!r} "
+            f"at offset {error.start}). Save the file as UTF-8.") from None
+    if "\x00" in text:
+        raise CatalogueError(
+            f"{path}, line {text[:text.index(chr(0))].count(chr(10)) + 1}: a NUL character "
+            "(\\x00); this is not a text CSV file (UTF-16 or binary?). Save it as UTF-8 CSV.")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows, lines, start = [], [], 1
+    try:
+        header = next(reader, None)
+        if not header or not any(name.strip() for name in header):
+            raise CatalogueError(f"{path}: empty file or empty header line; the first line "
+                                 "must name the columns.")
+        header = [name.strip() for name in header]
+        seen = set()
+        for name in header:
+            if name in seen or not name:
+                raise CatalogueError(
+                    f"{path}, line 1: {'duplicate' if name else 'empty'} column name {name!r} "
+                    f"in the header {header}; column names must be unique and non-empty.")
+            seen.add(name)
+        start = reader.line_num + 1
+        for record in reader:
+            if len(record) > 1 or (record and record[0].strip()):  # blank lines are skipped
+                if len(record) != len(header):
+                    raise CatalogueError(
+                        f"{path}, line {start}: {len(record)} field(s) {record[:6]}, but the "
+                        f"header has {len(header)} {header}. Every row needs one value per "
+                        "column; quote values that contain a comma.")
+                rows.append(record)
+                lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as error:
+        raise CatalogueError(
+            f"{path}, line {start}: malformed CSV ({error}). A value that contains a "
+            'comma, a quote or a line break must be quoted, with quotes inside it doubled ("").'
+        ) from None
+    columns = list(zip(*rows)) if rows else [()] * len(header)
+    frame = pd.DataFrame({name: pd.Series(values, dtype=object)
+                          for name, values in zip(header, columns)})
+    return frame, np.asarray(lines, np.int64)
 
 
 def _require_columns(frame, path, columns):
@@ -97,11 +142,12 @@ def _require_columns(frame, path, columns):
             "Rename the columns or set the matching --*_column flag.")
 
 
-def _check_ids(values, path, column):
+def _check_ids(values, path, column, lines):
     values = values.str.strip()
     empty = np.flatnonzero(values.to_numpy() == "")
     if len(empty):
-        raise CatalogueError(f"{path}, line {_line(empty[0])}: empty {column!r}.")
+        raise CatalogueError(f"{path}, line {lines[empty[0]]}: empty {column!r} "
+                             f"({len(empty)} row(s) in all); every row needs an id.")
     return values
 
 
@@ -127,18 +173,19 @@ def _parse_labels(raw, spec, path):
 def load_items(root, spec):
     """Reads items.csv; returns ids, absolute image paths, label names, multi-hot, notes."""
     path = os.path.join(root, spec.items_file)
-    frame = _read_csv(path, "items")
+    frame, lines = _read_csv(path, "items")
     _require_columns(frame, path, [spec.item_id_column, spec.image_column, spec.labels_column])
     if frame.empty:
         raise CatalogueError(f"{path}: no rows.")
 
-    ids = _check_ids(frame[spec.item_id_column], path, spec.item_id_column)
+    ids = _check_ids(frame[spec.item_id_column], path, spec.item_id_column, lines)
     duplicated = np.flatnonzero(ids.duplicated().to_numpy())
     if len(duplicated):
         first = duplicated[0]
         raise CatalogueError(
-            f"{path}, line {_line(first)}: duplicate item id {ids.iloc[first]!r} "
-            f"({len(duplicated)} duplicate row(s) in all). Item ids must be unique.")
+            f"{path}, line {lines[first]}: duplicate item id {ids.iloc[first]!r} (first at "
+            f"line {lines[ids.tolist().index(ids.iloc[first])]}; {len(duplicated)} duplicate "
+            "row(s) in all). Item ids must be unique.")
 
     images = frame[spec.image_column].str.strip()
     paths = np.array([os.path.abspath(os.path.join(root, p)) for p in images])
@@ -146,14 +193,17 @@ def load_items(root, spec):
     if missing:
         first = missing[0]
         raise CatalogueError(
-            f"{path}, line {_line(first)}: image file {images.iloc[first]!r} not found "
+            f"{path}, line {lines[first]}: image file {images.iloc[first]!r} not found "
             f"(looked for {paths[first]}); {len(missing)} item(s) in all have no image. "
             "Image paths are relative to the catalogue directory.")
 
     parsed, label_names, dropped = _parse_labels(frame[spec.labels_column], spec, path)
     notes = []
     if dropped:
-        notes.append(f"labels with fewer than {spec.min_label_count} items removed: {dropped}")
+        left = sum(1 for names in parsed if names and not set(names) & set(label_names))
+        notes.append(f"labels with fewer than {spec.min_label_count} items removed: {dropped}"
+                     + (f"; {left} item(s) lost all their labels and are now unlabelled"
+                        if left else ""))
     column = {name: c for c, name in enumerate(label_names)}
     multi_hot = np.zeros((len(frame), len(label_names)), np.float32)
     for row, names in enumerate(parsed):
@@ -166,15 +216,15 @@ def load_items(root, spec):
 def load_interactions(root, spec, item_ids):
     """Reads interactions.csv into user_id, item_id, weight[, timestamp]; returns frame, notes."""
     path = os.path.join(root, spec.interactions_file)
-    frame = _read_csv(path, "interactions")
+    frame, lines = _read_csv(path, "interactions")
     _require_columns(frame, path, [spec.user_id_column, spec.interaction_item_column])
     if frame.empty:
         raise CatalogueError(f"{path}: no rows; stage 1 needs interactions "
                              "(or pass --cf_embeddings with vectors you already have).")
     out = pd.DataFrame({
-        "user_id": _check_ids(frame[spec.user_id_column], path, spec.user_id_column),
+        "user_id": _check_ids(frame[spec.user_id_column], path, spec.user_id_column, lines),
         "item_id": _check_ids(frame[spec.interaction_item_column], path,
-                              spec.interaction_item_column),
+                              spec.interaction_item_column, lines),
     })
     if spec.weight_column and spec.weight_column in frame.columns:
         weight = pd.to_numeric(frame[spec.weight_column].str.strip(), errors="coerce")
@@ -182,16 +232,23 @@ def load_interactions(root, spec, item_ids):
         if len(bad):
             first = bad[0]
             raise CatalogueError(
-                f"{path}, line {_line(first)}: {spec.weight_column!r} is "
+                f"{path}, line {lines[first]}: {spec.weight_column!r} is "
                 f"{frame[spec.weight_column].iloc[first]!r}; weights must be finite numbers > 0 "
                 f"({len(bad)} bad row(s) in all).")
         out["weight"] = weight.astype(np.float32)
     else:
         out["weight"] = np.float32(1.0)
-    if spec.timestamp_column and spec.timestamp_column in frame.columns:
-        out["timestamp"] = pd.to_numeric(frame[spec.timestamp_column], errors="coerce")
-
     notes = []
+    if spec.timestamp_column and spec.timestamp_column in frame.columns:
+        # Timestamps are kept for the user's own analysis; training does not read them, so
+        # values that are not numbers become NaN, and the log says how many and where.
+        raw = frame[spec.timestamp_column].str.strip()
+        out["timestamp"] = pd.to_numeric(raw, errors="coerce")
+        odd = np.flatnonzero(out["timestamp"].isna().to_numpy() & (raw != "").to_numpy())
+        if len(odd):
+            notes.append(f"{path}: {len(odd)} {spec.timestamp_column!r} value(s) are not numbers "
+                         f"(first: line {lines[odd[0]]}, {raw.iloc[odd[0]]!r}); kept as NaN "
+                         "(timestamps are not used in training)")
     known = out["item_id"].isin(set(item_ids)).to_numpy()
     if not known.all():
         unknown = np.flatnonzero(~known)
@@ -199,7 +256,7 @@ def load_interactions(root, spec, item_ids):
         policy = spec.unknown_interaction_items
         if policy == "fail":
             raise CatalogueError(
-                f"{path}, line {_line(first)}: item id {out['item_id'].iloc[first]!r} is not in "
+                f"{path}, line {lines[first]}: item id {out['item_id'].iloc[first]!r} is not in "
                 f"{spec.items_file} ({len(unknown)} such row(s)). Fix the ids, or pass "
                 "--unknown_interaction_items=keep (use them to train the two-tower model) "
                 "or =drop.")
@@ -214,16 +271,25 @@ def load_interactions(root, spec, item_ids):
     return out, notes
 
 
-def load_catalogue(root, spec=None):
-    """Loads and validates a catalogue directory."""
+def load_catalogue(root, spec=None, interactions=True):
+    """Loads and validates a catalogue directory.
+
+    interactions=False: items only; the interaction log is neither read nor validated here
+    (cfimage.cf_stream streams and validates it for stage 1 when it is too large for memory).
+    """
     spec = spec or CatalogueSpec()
+    if not spec.label_separator:
+        raise CatalogueError("label_separator must be a non-empty string, e.g. '|'")
+    if spec.min_label_count < 1:
+        raise CatalogueError(f"min_label_count must be >= 1, not {spec.min_label_count}")
     if spec.unknown_interaction_items not in UNKNOWN_ITEM_POLICIES:
         raise CatalogueError(f"unknown_interaction_items must be one of {UNKNOWN_ITEM_POLICIES}, "
                              f"not {spec.unknown_interaction_items!r}")
     if not os.path.isdir(root):
         raise CatalogueError(f"catalogue directory not found: {root}")
     item_ids, paths, label_names, labels, notes = load_items(root, spec)
-    interactions, more_notes = load_interactions(root, spec, item_ids)
+    interactions, more_notes = (load_interactions(root, spec, item_ids) if interactions
+                                else (None, []))
     labelled = labels.sum(axis=1) > 0
     return Catalogue(
         root=os.path.abspath(root), item_ids=item_ids, image_paths=paths,
@@ -246,8 +312,12 @@ def drop_items(catalogue, drop):
 
 def describe(catalogue):
     """One-paragraph summary for the log."""
-    n_int = catalogue.interactions.item_id.isin(set(catalogue.item_ids)).sum()
     kind = "multi-label" if catalogue.multi_label else "single-label"
+    if catalogue.interactions is None:
+        return (f"catalogue {catalogue.root}: {catalogue.num_items} items "
+                f"({int(catalogue.labelled.sum())} labelled), {catalogue.num_classes} classes "
+                f"({kind}); interactions not loaded (streamed by stage 1)")
+    n_int = catalogue.interactions.item_id.isin(set(catalogue.item_ids)).sum()
     return (f"catalogue {catalogue.root}: {catalogue.num_items} items "
             f"({int(catalogue.labelled.sum())} labelled), {catalogue.num_classes} classes "
             f"({kind}), {len(catalogue.interactions)} interactions ({n_int} on catalogue items) "

@@ -10,11 +10,16 @@ Targets are packed so that masks travel with them (see losses.py):
 """
 
 import re
+import struct
 
 import numpy as np
 import tensorflow as tf
 
 AUTOTUNE = tf.data.AUTOTUNE
+# Images with more pixels are reported as unreadable before they are decoded: a small
+# file can claim a huge size (a "decompression bomb") and decoding it would allocate
+# height x width x 3 bytes, then 4x that for the resize. Pillow's limit, same reason.
+MAX_IMAGE_PIXELS = 178_956_970
 
 
 def decode_and_resize(image_bytes, image_size):
@@ -29,11 +34,33 @@ def decode_and_resize(image_bytes, image_size):
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
-def find_unreadable_images(image_paths, log=None, every=2000):
+def image_dimensions(encoded):
+    """(height, width) from a PNG, GIF, BMP or JPEG header, without decoding; else None."""
+    if encoded[:8] == b"\x89PNG\r\n\x1a\n" and len(encoded) >= 24:
+        width, height = struct.unpack(">II", encoded[16:24])
+    elif encoded[:6] in (b"GIF87a", b"GIF89a") and len(encoded) >= 10:
+        width, height = struct.unpack("<HH", encoded[6:10])
+    elif encoded[:2] == b"BM" and len(encoded) >= 26:
+        core = struct.unpack("<I", encoded[14:18])[0] == 12  # OS/2 header: 16-bit sizes
+        width, height = struct.unpack("<hh" if core else "<ii", encoded[18:22 if core else 26])
+    elif encoded[:3] == b"\xff\xd8\xff":
+        try:
+            height, width, _ = tf.io.extract_jpeg_shape(encoded).numpy()
+        except tf.errors.OpError:
+            return None  # the decode below reports what is wrong
+    else:
+        return None
+    return abs(int(height)), abs(int(width))
+
+
+def find_unreadable_images(image_paths, log=None, every=2000,
+                           max_pixels=MAX_IMAGE_PIXELS):
     """Decodes every image once; returns {index: reason} for those that fail.
 
     Catches what would otherwise stop training in the middle of the first
-    epoch: zero-byte, truncated or corrupt files, and files that are not images.
+    epoch: missing, zero-byte, truncated or corrupt files, files that are not
+    images, and images of more than `max_pixels` pixels (checked from the
+    header, before anything is decoded).
     """
     bad = {}
     for index, path in enumerate(image_paths):
@@ -41,6 +68,10 @@ def find_unreadable_images(image_paths, log=None, every=2000):
             encoded = tf.io.read_file(path)
             if int(tf.strings.length(encoded)) == 0:
                 raise ValueError("empty file (0 bytes)")
+            size = image_dimensions(encoded.numpy())
+            if size and size[0] * size[1] > max_pixels:
+                raise ValueError(f"image too large: {size[0]}x{size[1]} pixels, more than "
+                                 f"{max_pixels:,} (data.MAX_IMAGE_PIXELS); downscale it")
             image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
             if min(image.shape[:2]) < 1:
                 raise ValueError(f"image has no pixels ({image.shape})")
