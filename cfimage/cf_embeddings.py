@@ -27,6 +27,8 @@ TF_USE_LEGACY_KERAS=1 in cfimage/__init__.py); it never imports Keras 3.
 """
 
 import dataclasses
+import json
+import os
 import time
 
 import numpy as np
@@ -34,7 +36,7 @@ import pandas as pd
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from cfimage import cf_baselines
+from cfimage import atomic, cf_baselines
 from cfimage.cf_baselines import holdout_lists, recall_at_k
 from cfimage.cf_io import align_embeddings, load_embeddings, save_embeddings, write_projector
 
@@ -203,9 +205,8 @@ def split_holdout(frame, fraction, seed):
 # ---------------------------------------------------------------------------------------------
 # Fitting.
 
-def _fit(frame, config, log, phase, writer):
+def _fit(frame, config, log, phase, writer, backup_dir=None):
     """Fits a fresh TwoTowerModel on `frame`; returns (model, user vocab, item vocab, losses)."""
-    tf.keras.utils.set_random_seed(config.seed)
     user_vocab = np.array(sorted(frame["user_id"].unique()))
     item_vocab = np.array(sorted(frame["item_id"].unique()))
     counts = frame["item_id"].value_counts()
@@ -223,23 +224,62 @@ def _fit(frame, config, log, phase, writer):
                .shuffle(len(frame), seed=config.seed, reshuffle_each_iteration=True)
                .batch(config.batch_size)
                .prefetch(tf.data.AUTOTUNE))
+    model, losses = fit_dataset(dataset, user_vocab, item_vocab, config, log, phase, writer,
+                                backup_dir)
+    return model, user_vocab, item_vocab, losses
+
+
+def fit_dataset(dataset, user_vocab, item_vocab, config, log, phase, writer, backup_dir=None):
+    """Fits a fresh TwoTowerModel on batches of user_id, item_id, weight (mean 1) and
+    item_probability (logQ); returns (model, per-epoch losses).
+
+    The one fitting routine of stage 1, in memory and streaming (cfimage.cf_stream). With
+    `backup_dir`, <backup_dir>/<phase> holds a BackupAndRestore checkpoint written after every
+    epoch: a killed run restarted with the same inputs resumes after its last completed epoch.
+    The caller removes the backup when it no longer needs it.
+    """
+    tf.keras.utils.set_random_seed(config.seed)
     model = TwoTowerModel(user_vocab, item_vocab, config)
     model.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
 
     losses = []
+    loss_file = os.path.join(backup_dir, phase, "losses.json") if backup_dir else None
     start = time.time()
+
+    def on_epoch_begin(epoch, logs):
+        if epoch > 0 and not losses and backup_dir:
+            if tf.io.gfile.exists(loss_file):
+                losses.extend(json.loads(tf.io.gfile.GFile(loss_file).read()))
+            log(f"resuming stage 1 from epoch {epoch} ([{phase}] fit: epochs 1-{epoch} of "
+                f"{config.epochs} restored from {os.path.join(backup_dir, phase)})")
 
     def on_epoch_end(epoch, logs):
         losses.append(float(logs["example_loss"]))
+        if loss_file:  # after BackupAndRestore (first callback) has saved this epoch
+            atomic.write_json(loss_file, losses)
         log(f"stage 1 [{phase}] epoch {epoch + 1}/{config.epochs}: loss {losses[-1]:.4f} "
             f"(mean softmax cross-entropy per interaction; {time.time() - start:.1f}s)")
         if writer is not None:
             with writer.as_default():
                 tf.summary.scalar(f"stage1/{phase}/loss", losses[-1], step=epoch + 1)
 
-    model.fit(dataset, epochs=config.epochs, verbose=0,
-              callbacks=[tf.keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)])
-    return model, user_vocab, item_vocab, losses
+    callbacks = [tf.keras.callbacks.LambdaCallback(on_epoch_begin=on_epoch_begin,
+                                                   on_epoch_end=on_epoch_end)]
+    if backup_dir:
+        # Build the towers first, so that the checkpoint restores into existing variables.
+        model.user_model(tf.constant([""]))
+        model.item_model(tf.constant([""]))
+        tf.io.gfile.makedirs(os.path.join(backup_dir, phase))
+        # delete_checkpoint=False: a run killed after its last epoch restores that epoch's
+        # weights instead of fitting again; the caller removes the backup.
+        callbacks.insert(0, tf.keras.callbacks.BackupAndRestore(
+            os.path.join(backup_dir, phase), delete_checkpoint=False))
+    model.fit(dataset, epochs=config.epochs, verbose=0, callbacks=callbacks)
+    if not losses and loss_file and tf.io.gfile.exists(loss_file):  # every epoch was restored
+        losses.extend(json.loads(tf.io.gfile.GFile(loss_file).read()))
+        log(f"resuming stage 1 from epoch {config.epochs} ([{phase}] fit: all epochs restored "
+            f"from {os.path.join(backup_dir, phase)})")
+    return model, losses
 
 
 def _tower_outputs(tower, ids, batch_size=8192):
@@ -254,25 +294,41 @@ def _tower_outputs(tower, ids, batch_size=8192):
 # ---------------------------------------------------------------------------------------------
 # Evaluation.
 
-def _evaluate(model, user_vocab, item_vocab, known, fitted, heldout, config):
-    """Held-out recall@k of the two-tower model, popularity and (optionally) truncated SVD.
+def recall_metrics(model, item_vocab, known, heldout, popularity, k):
+    """Held-out recall@k of the two-tower model and of popularity -> (metrics, lists).
 
-    All three rank the same candidates (the items of the fitted rows) for the same users, with
-    each user's `known` (training) items excluded, through the same `recall_at_k`.
-    Popularity and SVD are fitted on `fitted`, the rows the two-tower model was trained on.
+    Both rank the same candidates (`item_vocab`, the items of the fitted rows) for the users
+    of `heldout`, with each user's `known` (training) items excluded, through `recall_at_k`.
+    popularity: (len(item_vocab),) interaction counts of the fitted rows. lists: the
+    (users, train_items, heldout_items) of `holdout_lists`, for further recommenders.
     """
-    k = config.recall_k
-    column = {item: j for j, item in enumerate(item_vocab)}
     users, train_items, heldout_items = holdout_lists(known, heldout, item_vocab)
     user_vectors = _tower_outputs(model.user_model, users)
     item_vectors = _tower_outputs(model.item_model, item_vocab)
-    metrics = {f"recall@{k}": recall_at_k(lambda rows: user_vectors[rows] @ item_vectors.T,
-                                          train_items, heldout_items, k)}
+    popularity = np.asarray(popularity, np.float64)
+    metrics = {
+        f"recall@{k}": recall_at_k(lambda rows: user_vectors[rows] @ item_vectors.T,
+                                   train_items, heldout_items, k),
+        f"popularity_recall@{k}": recall_at_k(
+            lambda rows: np.tile(popularity, (rows.stop - rows.start, 1)),
+            train_items, heldout_items, k),
+        "n_eval_users": len(users),
+    }
+    return metrics, (users, train_items, heldout_items)
+
+
+def _evaluate(model, user_vocab, item_vocab, known, fitted, heldout, config):
+    """Held-out recall@k of the two-tower model, popularity and (optionally) truncated SVD.
+
+    Popularity and SVD are fitted on `fitted`, the rows the two-tower model was trained on.
+    """
+    k = config.recall_k
     counts = fitted["item_id"].value_counts().reindex(item_vocab).to_numpy(np.float64)
-    metrics[f"popularity_recall@{k}"] = recall_at_k(
-        lambda rows: np.tile(counts, (rows.stop - rows.start, 1)), train_items, heldout_items, k)
+    metrics, (users, train_items, heldout_items) = recall_metrics(
+        model, item_vocab, known, heldout, counts, k)
     if config.svd_baseline:
         start = time.time()
+        column = {item: j for j, item in enumerate(item_vocab)}
         fitted_row = {user: i for i, user in enumerate(user_vocab)}
         matrix = cf_baselines.binary_matrix(fitted["user_id"].map(fitted_row),
                                             fitted["item_id"].map(column),
@@ -286,8 +342,40 @@ def _evaluate(model, user_vocab, item_vocab, known, fitted, heldout, config):
             train_items, heldout_items, k)
         metrics["svd_rank"] = svd_items.shape[1]
         metrics["svd_seconds"] = time.time() - start
-    metrics["n_eval_users"] = len(users)
     return metrics
+
+
+def report_holdout(metrics, config, log, writer, note=""):
+    """The held-out log line and TensorBoard scalars (in memory and streaming)."""
+    k = config.recall_k
+    svd = (f" vs SVD {metrics[f'svd_recall@{k}']:.3f}" if f"svd_recall@{k}" in metrics else "")
+    log(f"stage 1: recall@{k} two-tower {metrics[f'recall@{k}']:.3f}{svd} vs popularity "
+        f"{metrics[f'popularity_recall@{k}']:.3f} (n_users={metrics['n_eval_users']}, "
+        f"n_heldout={metrics['n_heldout']}, n_train={metrics['n_train']}, fitted on "
+        f"{metrics['n_fitted']}{note})")
+    if writer is not None:
+        with writer.as_default():
+            for name, key in [("two_tower", f"recall@{k}"), ("svd", f"svd_recall@{k}"),
+                              ("popularity", f"popularity_recall@{k}")]:
+                if key in metrics:
+                    tf.summary.scalar(f"stage1/recall@{k}/{name}", metrics[key], step=0)
+
+
+def resumed_holdout(backup_dir, log):
+    """The held-out metrics that a killed run saved in `backup_dir`, or None."""
+    path = os.path.join(backup_dir, "holdout_metrics.json") if backup_dir else None
+    if path and os.path.isfile(path):
+        log(f"resuming stage 1 after its held-out evaluation (metrics from {path})")
+        return json.load(open(path))
+    return None
+
+
+def save_holdout(backup_dir, metrics):
+    """Keeps the held-out metrics for a restart and drops the held-out fit's backup."""
+    if backup_dir:
+        atomic.write_json(os.path.join(backup_dir, "holdout_metrics.json"), metrics)
+        if tf.io.gfile.isdir(os.path.join(backup_dir, "holdout")):
+            tf.io.gfile.rmtree(os.path.join(backup_dir, "holdout"))
 
 
 def _filter_rating(frame, config):
@@ -296,9 +384,11 @@ def _filter_rating(frame, config):
     return frame[frame["weight"] >= config.min_rating].reset_index(drop=True)
 
 
-def _holdout(frame, config, log, writer):
+def _holdout(frame, config, log, writer, backup_dir=None):
     """Step 1 of train_two_tower on a cleaned frame; returns metrics ({} when impossible)."""
-    k = config.recall_k
+    saved = resumed_holdout(backup_dir, log)
+    if saved is not None:
+        return saved
     known, heldout = split_holdout(frame, config.holdout_fraction, config.seed)
     fitted = _filter_rating(known, config)
     if len(heldout) == 0 or len(fitted) == 0:
@@ -306,20 +396,12 @@ def _holdout(frame, config, log, writer):
             "skipping held-out evaluation")
         return {}
     start = time.time()
-    model, user_vocab, item_vocab, _ = _fit(fitted, config, log, "holdout", writer)
+    model, user_vocab, item_vocab, _ = _fit(fitted, config, log, "holdout", writer, backup_dir)
     metrics = _evaluate(model, user_vocab, item_vocab, known, fitted, heldout, config)
     metrics.update({"n_train": len(known), "n_fitted": len(fitted), "n_heldout": len(heldout),
                     "holdout_seconds": time.time() - start})
-    svd = (f" vs SVD {metrics[f'svd_recall@{k}']:.3f}" if config.svd_baseline else "")
-    log(f"stage 1: recall@{k} two-tower {metrics[f'recall@{k}']:.3f}{svd} vs popularity "
-        f"{metrics[f'popularity_recall@{k}']:.3f} (n_users={metrics['n_eval_users']}, "
-        f"n_heldout={len(heldout)}, n_train={len(known)}, fitted on {len(fitted)})")
-    if writer is not None:
-        with writer.as_default():
-            for name, key in [("two_tower", f"recall@{k}"), ("svd", f"svd_recall@{k}"),
-                              ("popularity", f"popularity_recall@{k}")]:
-                if key in metrics:
-                    tf.summary.scalar(f"stage1/recall@{k}/{name}", metrics[key], step=0)
+    report_holdout(metrics, config, log, writer)
+    save_holdout(backup_dir, metrics)
     return metrics
 
 
@@ -338,12 +420,15 @@ def holdout_metrics(interactions, config, log=print):
 # ---------------------------------------------------------------------------------------------
 # Entry point.
 
-def train_two_tower(interactions, item_ids, config, log=print, tensorboard_dir=None):
+def train_two_tower(interactions, item_ids, config, log=print, tensorboard_dir=None,
+                    backup_dir=None):
     """Learns CF vectors for the catalogue `item_ids` from `interactions`; returns a CFResult.
 
     interactions: DataFrame with user_id, item_id (str) and optional weight (> 0, default 1);
     it may hold items outside the catalogue (kept in training). Catalogue items with fewer than
-    config.min_interactions rows get zeros and has_vector False.
+    config.min_interactions rows get zeros and has_vector False. With `backup_dir`, a run
+    killed mid-way and restarted with the same inputs resumes after its last completed epoch
+    (see `fit_dataset`); remove that directory once the result is saved.
     """
     config.validate()
     frame = _clean_interactions(interactions)
@@ -370,11 +455,11 @@ def train_two_tower(interactions, item_ids, config, log=print, tensorboard_dir=N
 
     # 1. Held-out evaluation.
     if config.holdout_fraction > 0:
-        metrics.update(_holdout(frame, config, log, writer))
+        metrics.update(_holdout(frame, config, log, writer, backup_dir))
 
     # 2. Refit on everything and read the towers.
     start = time.time()
-    model, user_vocab, _, losses = _fit(fitted, config, log, "full", writer)
+    model, user_vocab, _, losses = _fit(fitted, config, log, "full", writer, backup_dir)
     metrics.update({"final_loss": losses[-1], "full_fit_seconds": time.time() - start})
     has_vector = catalogue_counts >= config.min_interactions
     vectors = _tower_outputs(model.item_model, catalogue)
