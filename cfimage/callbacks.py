@@ -40,10 +40,17 @@ class SelectByValidationMAP(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         scores = self.model.predict(self.dataset, verbose=0)["labels"]
+        logs["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
+        if not np.all(np.isfinite(scores)):
+            # The weights went NaN/inf (StopOnNonFiniteLoss stops the run): record it and
+            # keep the best checkpoint as it is.
+            logs["val_map"] = logs["val_precision_at_1"] = float("nan")
+            self.log(f"epoch {epoch + 1}: val_map nan (the model's validation scores are not "
+                     "finite); the best checkpoint is not touched")
+            return
         metrics = evaluate_scores(self.labels, scores, self.label_names)
         logs["val_map"] = metrics["macro_map"]
         logs["val_precision_at_1"] = metrics["precision_at_1"]
-        logs["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
         improved = metrics["macro_map"] > self.best
         if improved:
             self.best, self.best_epoch = metrics["macro_map"], epoch + 1
