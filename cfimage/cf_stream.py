@@ -77,7 +77,7 @@ class LogSummary:
     holdout: Phase  # those of them not held out
     n_heldout: int
     eval_rows: pd.DataFrame  # user_id, item_id, weight, held: all rows of the sampled users
-    catalogue_ids: np.ndarray  # items.csv ids: the unknown-item policy's reference
+    listed_ids: np.ndarray  # items.csv ids: the unknown-item policy's reference
     drop_unknown: bool
     notes: list
 
@@ -244,7 +244,7 @@ def scan_interactions(files, spec, item_ids, config, stream=None, log=print):
                     item_column=spec.interaction_item_column, weight_column=weight_column,
                     n_rows=0, item_counts=None, users=None, full=None, holdout=None,
                     n_heldout=0, eval_rows=None,
-                    catalogue_ids=np.asarray(item_ids).astype(str),
+                    listed_ids=np.asarray(item_ids).astype(str),
                     drop_unknown=spec.unknown_interaction_items == "drop", notes=[])
             elif list(chunk.columns) != header:
                 raise CatalogueError(
@@ -334,8 +334,8 @@ def make_dataset(summary, phase, config, stream=None):
     probability = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
         counts.item_counts.index.to_numpy(str),
         (counts.item_counts.to_numpy(np.float64) / counts.n_rows).astype(np.float32)), 0.0)
-    catalogue = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-        summary.catalogue_ids, np.ones(len(summary.catalogue_ids), np.int64)), 0)
+    listed = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        summary.listed_ids, np.ones(len(summary.listed_ids), np.int64)), 0)
 
     def decode(lines):
         lines = tf.boolean_mask(lines, tf.strings.length(tf.strings.strip(lines)) > 0)
@@ -345,7 +345,7 @@ def make_dataset(summary, phase, config, stream=None):
                   if summary.weight_column else tf.ones_like(user, tf.float32))
         keep = tf.ones_like(weight, tf.bool)
         if summary.drop_unknown:
-            keep &= catalogue.lookup(item) > 0
+            keep &= listed.lookup(item) > 0
         if config.min_rating is not None:
             keep &= weight >= config.min_rating
         if phase == "holdout":
@@ -398,16 +398,18 @@ def _holdout(summary, config, stream, log, writer, backup_dir):
     return metrics
 
 
-def train_two_tower_stream(summary, config, stream=None, log=print, tensorboard_dir=None,
-                           backup_dir=None):
-    """train_two_tower for a scanned log (`scan_interactions`) -> CFResult for the catalogue.
+def train_two_tower_stream(summary, item_ids, config, stream=None, log=print,
+                           tensorboard_dir=None, backup_dir=None):
+    """train_two_tower for a scanned log (`scan_interactions`) -> CFResult for `item_ids`.
 
     Same model, loss, logQ correction, settings and result as the in-memory path; the
     differences (hash split, sampled recall, no SVD) are in the module docstring.
     """
     config.validate()
     stream = stream or StreamConfig()
-    catalogue = summary.catalogue_ids
+    catalogue = np.asarray(item_ids).astype(str)
+    if catalogue.ndim != 1 or len(catalogue) == 0:
+        raise ValueError("item_ids: the catalogue must be a non-empty 1-d list of ids")
     if summary.full.n_rows == 0:
         raise ValueError(f"min_rating={config.min_rating} drops all {summary.n_rows} "
                          "interactions")

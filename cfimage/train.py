@@ -13,6 +13,7 @@ cfimage/train_flags.py.
 import contextlib
 import json
 import os
+import shutil
 import time
 
 import cfimage  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
@@ -34,7 +35,8 @@ def main(argv):
     import tensorflow as tf
 
     from cfimage import catalogue as catalogue_lib
-    from cfimage import atomic, cf_embeddings, confidence, data, demo, export, fit, losses
+    from cfimage import atomic, cf_embeddings, cf_stream, confidence, data, demo, export, fit
+    from cfimage import losses
     from cfimage import model as model_lib
     from cfimage.callbacks import SelectByValidationMAP
     from cfimage.metrics import evaluate_scores
@@ -94,9 +96,13 @@ def main(argv):
         min_label_count=FLAGS.min_label_count, ignore_labels=tuple(FLAGS.ignore_labels),
         unknown_interaction_items=FLAGS.unknown_interaction_items)
     try:
-        catalogue = catalogue_lib.load_catalogue(root, spec)
+        # A large or sharded log is streamed by stage 1 (cf_stream), never loaded into pandas.
+        stream, stream_why = cf_stream.should_stream(FLAGS.stream_interactions, root,
+                                                     FLAGS.interactions_file)
+        catalogue = catalogue_lib.load_catalogue(root, spec, interactions=not stream)
     except catalogue_lib.CatalogueError as error:
         fail(str(error))
+    listed_ids = catalogue.item_ids  # as in items.csv, before unreadable images are dropped
     # With --tfrecords the images were decoded when the shards were written.
     bad = {} if FLAGS.tfrecords else data.find_unreadable_images(catalogue.image_paths, log=log)
     if bad:
@@ -135,7 +141,25 @@ def main(argv):
             setattr(stage1_config, field, value)
     stage1_key = {"config": repr(stage1_config), "catalogue": catalogue.root,
                   "source": FLAGS.cf_embeddings}
-    stage1_metrics = {}
+    if stream:  # a different held-out split and evaluation: not interchangeable
+        stage1_key.update(stream=True, interactions=FLAGS.interactions_file,
+                          shuffle_buffer=FLAGS.cf_shuffle_buffer)
+    stream_config = cf_stream.StreamConfig(shuffle_buffer=FLAGS.cf_shuffle_buffer)
+    # A killed stage 1 resumes from this backup (last completed epoch, held-out metrics); it
+    # is removed once cf_embeddings.npz and cf_stage1.json are written.
+    stage1_backup = os.path.join(workdir, "stage1_backup")
+    stage1_metrics, log_summary = {}, None
+
+    def scan_log():
+        try:
+            summary = cf_stream.scan_interactions(
+                cf_stream.interaction_files(root, FLAGS.interactions_file), spec, listed_ids,
+                stage1_config, stream_config, log=log)
+        except catalogue_lib.CatalogueError as error:
+            fail(str(error))
+        for note in summary.notes:
+            log(note)
+        return summary
     if FLAGS.cf_embeddings:
         log(f"stage 1 skipped: CF vectors from {FLAGS.cf_embeddings}")
         try:
@@ -151,17 +175,34 @@ def main(argv):
         vectors, has_vector = cf_embeddings.align_embeddings(catalogue.item_ids, ids, vectors,
                                                              cf_path, log=log)
     else:
-        log(f"stage 1: two-tower retrieval model (TFRS) on {len(catalogue.interactions)} "
-            "interactions")
-        result = cf_embeddings.train_two_tower(
-            catalogue.interactions, catalogue.item_ids, stage1_config, log=log,
-            tensorboard_dir=os.path.join(workdir, "tensorboard", "stage1"))
+        backup_key = os.path.join(stage1_backup, "key.json")
+        if os.path.isdir(stage1_backup) and (not os.path.isfile(backup_key)
+                                             or json.load(open(backup_key)) != stage1_key):
+            log(f"stage 1: settings differ from the interrupted run's; removing {stage1_backup}")
+            shutil.rmtree(stage1_backup)
+        os.makedirs(stage1_backup, exist_ok=True)
+        atomic.write_json(backup_key, stage1_key)
+        tensorboard_dir = os.path.join(workdir, "tensorboard", "stage1")
+        if stream:
+            log(f"stage 1: two-tower retrieval model (TFRS), streaming the interactions "
+                f"({stream_why}; --stream_interactions={FLAGS.stream_interactions})")
+            log_summary = scan_log()
+            result = cf_stream.train_two_tower_stream(
+                log_summary, catalogue.item_ids, stage1_config, stream_config, log=log,
+                tensorboard_dir=tensorboard_dir, backup_dir=stage1_backup)
+        else:
+            log(f"stage 1: two-tower retrieval model (TFRS) on {len(catalogue.interactions)} "
+                "interactions")
+            result = cf_embeddings.train_two_tower(
+                catalogue.interactions, catalogue.item_ids, stage1_config, log=log,
+                tensorboard_dir=tensorboard_dir, backup_dir=stage1_backup)
         vectors, has_vector, stage1_metrics = result.vectors, result.has_vector, result.metrics
         cf_embeddings.save_embeddings(cf_path, catalogue.item_ids[has_vector],
                                       vectors[has_vector])
         np.savez(os.path.join(workdir, "user_embeddings.npz"), ids=result.user_ids,
                  vectors=result.user_vectors)
         atomic.write_json(cf_state, {"key": stage1_key, "metrics": stage1_metrics})
+        shutil.rmtree(stage1_backup)
     cf_embeddings.write_projector(
         os.path.join(outdir, "tensorboard", "embeddings"), catalogue.item_ids[has_vector],
         vectors[has_vector],
@@ -182,10 +223,13 @@ def main(argv):
         f"({int(labelled[splits['train']].sum())} labelled, label_ratio {FLAGS.label_ratio}), "
         f"validation {len(splits['validation'])}, test {len(splits['test'])}")
     train_rows = splits["train"]
-    counts = catalogue.interactions.item_id.value_counts()
+    counts = None
+    if FLAGS.cf_confidence == "sqrt":  # interactions per item; a streamed log is scanned once
+        counts = (catalogue.interactions.item_id.value_counts() if not stream else
+                  (log_summary or scan_log()).item_counts)
+        counts = counts.reindex(catalogue.item_ids, fill_value=0).to_numpy()
     weights = confidence.confidence_weights(
-        FLAGS.cf_confidence, has_vector,
-        interaction_counts=counts.reindex(catalogue.item_ids, fill_value=0).to_numpy(),
+        FLAGS.cf_confidence, has_vector, interaction_counts=counts,
         vectors=vectors, labels=catalogue.labels, labelled=labelled, train_rows=train_rows,
         seed=FLAGS.seed)
     if FLAGS.cf_confidence != "uniform":

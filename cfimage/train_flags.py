@@ -45,6 +45,13 @@ flags.DEFINE_float("cf_holdout", 0.1, "Share of each user's interactions held ou
 flags.DEFINE_integer("cf_recall_k", 10, "k of the held-out recall@k report.")
 flags.DEFINE_integer("cf_min_interactions", 1, "Items with fewer interactions get no CF vector "
                      "(their CF loss is masked).")
+flags.DEFINE_enum("stream_interactions", "auto", ["auto", "true", "false"],
+                  "Stage 1 streams the interactions with tf.data (cfimage/cf_stream.py) instead "
+                  "of loading them into pandas: for logs larger than memory. "
+                  "--interactions_file may then be a glob or a gs:// path (shards with one "
+                  "header). auto: stream when it matches several files or over 1 GB.")
+flags.DEFINE_integer("cf_shuffle_buffer", 200_000, "Streaming stage 1: rows in the training "
+                     "shuffle buffer (a log sorted by user needs a large one, or many shards).")
 flags.DEFINE_float("cf_target_scale", 0.5, "CF targets are centred and scaled to this RMS "
                    "per dimension (keeps the exponential CF loss in range).")
 
