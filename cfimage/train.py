@@ -269,6 +269,9 @@ def main(argv):
     except (ValueError, ImportError, FileNotFoundError, RuntimeError) as error:
         fail(str(error))
     log(f"model {model.name}: {model.count_params():,} parameters, image size {image_size}")
+    if FLAGS.sync_batchnorm:
+        log(f"synchronised BatchNormalization in {model_lib.synchronize_batchnorm(model)} "
+            f"layers, over {strategy.num_replicas_in_sync} replica(s)")
     steps_per_epoch = -(-len(train_rows) // global_batch)
     label_loss = (losses.MaskedWeightedBCE(losses.positive_weights(
         catalogue.labels[train_rows], labelled[train_rows]))

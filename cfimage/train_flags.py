@@ -97,6 +97,9 @@ flags.DEFINE_string("tfrecords", None, "Stage 2 reads images from these TFRecord
                     "(e.g. DIR/items-*, written by scripts/make_tfrecords.py at --image_size) "
                     "instead of decoding and caching the image files: for catalogues whose "
                     "decoded images do not fit in memory.")
+flags.DEFINE_boolean("sync_batchnorm", False, "Synchronised BatchNormalization: batch "
+                     "statistics over the global batch of all replicas (one all-reduce per "
+                     "layer and step). Use it when the per-replica batch is small.")
 
 # --- Output -------------------------------------------------------------------
 flags.DEFINE_string("workdir", None, "Run directory (default: runs/<model_name>). Running the "
