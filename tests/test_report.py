@@ -23,6 +23,10 @@ def _results():
 def test_lambda_is_chosen_on_validation_and_gain_is_paired(tmp_path):
     results = _results()
     assert report.choose_lambda(results)[("multitask", 0.1)] == 2.0
+    # A partial grid compares λ values on the seeds all of them have finished.
+    partial = results.drop(results[(results.cf_weight == 2.0) & (results.seed > 0)].index)
+    partial.loc[(partial.cf_weight == 1.0) & (partial.seed > 0), "val_map"] += 1.0
+    assert report.choose_lambda(partial)[("multitask", 0.1)] == 2.0
     rows = {r["arm"]: r for r in report.summarise(results)}
     multitask, baseline = rows["multitask"], rows["image_only"]
     chosen = results[(results.arm == "multitask") & (results.cf_weight == 2.0)]
@@ -35,7 +39,16 @@ def test_lambda_is_chosen_on_validation_and_gain_is_paired(tmp_path):
     assert multitask["p_value"] < 0.001 and "gain" not in baseline
     table = report.write_report(results, str(tmp_path), command="x")
     assert "| 0.1 | multitask | 2 | 5 |" in table
-    assert (tmp_path / "results.md").is_file()
+    # Every λ is listed with the validation mAP that chose it; test figures only for reading.
+    swept = {r["cf_weight"]: r for r in report.sweep(results)}
+    assert set(swept) == {1.0, 2.0} and swept[2.0]["chosen"] and not swept[1.0]["chosen"]
+    lambda_1 = results[(results.arm == "multitask") & (results.cf_weight == 1.0)]
+    assert swept[1.0]["val_map"] == pytest.approx(lambda_1.val_map.mean())
+    assert swept[1.0]["gain"] == pytest.approx(
+        100 * (lambda_1.test_map.to_numpy() - base.test_map.to_numpy()).mean()
+        / base.test_map.mean())
+    text = (tmp_path / "results.md").read_text()
+    assert "## Every λ" in text and "| 0.1 | multitask | 2 (chosen) | 5 |" in text
     assert (tmp_path / "map_vs_label_ratio.png").stat().st_size > 1000
     assert (tmp_path / "gain_vs_label_ratio.png").stat().st_size > 1000
 
