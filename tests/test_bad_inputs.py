@@ -1,10 +1,13 @@
 """Bad inputs of docs/bad_inputs.md that no other test file covers: each fails with one
 message naming the file, the line and the value, or is handled and reported."""
 
+import ast
 import io
 import os
 import re
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -300,3 +303,41 @@ def test_embeddings_with_the_wrong_dimension_fail_with_the_line(tmp_path, text, 
     with pytest.raises(ValueError, match=re.escape(message)) as error:
         cf_io.load_embeddings(path)
     assert str(error.value).startswith(str(path))
+
+
+# --- Flags ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs=0"], "--epochs and --batch_size must be >= 1."),
+    (["--batch_size=0"], "--epochs and --batch_size must be >= 1."),
+    (["--cf_target_scale=0"], "--cf_target_scale must be > 0."),
+    (["--split=0.5,0.5"], "--split=0.5,0.5: give three fractions"),
+    (["--on_bad_image=maybe"], "value should be one of <fail|skip>"),
+    (["--strategy=multi_worker"], "--strategy=multi_worker needs --cf_embeddings"),
+])
+def test_contradictory_training_flags_fail_before_any_work(tmp_path, flags, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "cfimage.train", f"--workdir={tmp_path}/run", "--noexport",
+         *flags], capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+        env={**os.environ, "PYTHONPATH": os.path.abspath(ROOT)})
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "demo_catalogue").exists()  # stopped before the data
+
+
+# --- The table in docs/bad_inputs.md cannot rot ------------------------------------------------
+
+def test_every_test_named_in_the_bad_inputs_table_exists():
+    with open(os.path.join(ROOT, "docs", "bad_inputs.md")) as f:
+        table = f.read()
+    named = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", table)
+    rows = [line for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith(("| input |", "| --- |"))]
+    assert len(rows) > 30 and len(named) >= len(rows)
+    for line in rows:
+        assert "`tests/" in line, f"a row without a test: {line}"
+    for path, name in named:
+        with open(os.path.join(ROOT, path)) as f:
+            tree = ast.parse(f.read())
+        functions = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+        assert name in functions and name.startswith("test_"), f"{path}::{name} does not exist"
