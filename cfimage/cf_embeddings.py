@@ -220,18 +220,21 @@ def _fit(frame, config, log, phase, writer, backup_dir=None):
         "item_probability": probability,
     }
     # Shuffle the whole log every epoch (seeded) so in-batch negatives change between epochs.
-    dataset = (tf.data.Dataset.from_tensor_slices(features)
-               .shuffle(len(frame), seed=config.seed, reshuffle_each_iteration=True)
-               .batch(config.batch_size)
-               .prefetch(tf.data.AUTOTUNE))
-    model, losses = fit_dataset(dataset, user_vocab, item_vocab, config, log, phase, writer,
-                                backup_dir)
+    model, losses = fit_dataset(
+        lambda: (tf.data.Dataset.from_tensor_slices(features)
+                 .shuffle(len(frame), seed=config.seed, reshuffle_each_iteration=True)
+                 .batch(config.batch_size)
+                 .prefetch(tf.data.AUTOTUNE)),
+        user_vocab, item_vocab, config, log, phase, writer, backup_dir)
     return model, user_vocab, item_vocab, losses
 
 
-def fit_dataset(dataset, user_vocab, item_vocab, config, log, phase, writer, backup_dir=None):
-    """Fits a fresh TwoTowerModel on batches of user_id, item_id, weight (mean 1) and
-    item_probability (logQ); returns (model, per-epoch losses).
+def fit_dataset(make_dataset, user_vocab, item_vocab, config, log, phase, writer,
+                backup_dir=None):
+    """Fits a fresh TwoTowerModel on the batches of `make_dataset()` (user_id, item_id, weight
+    with mean 1, item_probability for logQ); returns (model, per-epoch losses).
+
+    make_dataset is called after the global seed is set: a seeded shuffle's order depends on it.
 
     The one fitting routine of stage 1, in memory and streaming (cfimage.cf_stream). With
     `backup_dir`, <backup_dir>/<phase> holds a BackupAndRestore checkpoint written after every
@@ -239,6 +242,7 @@ def fit_dataset(dataset, user_vocab, item_vocab, config, log, phase, writer, bac
     The caller removes the backup when it no longer needs it.
     """
     tf.keras.utils.set_random_seed(config.seed)
+    dataset = make_dataset()
     model = TwoTowerModel(user_vocab, item_vocab, config)
     model.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
 

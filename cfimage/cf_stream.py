@@ -380,7 +380,7 @@ def _holdout(summary, config, stream, log, writer, backup_dir):
     start = time.time()
     item_vocab = summary.holdout.item_counts.index.to_numpy(str)
     model, _ = cf_embeddings.fit_dataset(
-        make_dataset(summary, "holdout", config, stream), summary.users, item_vocab, config,
+        lambda: make_dataset(summary, "holdout", config, stream), summary.users, item_vocab, config,
         log, "holdout", writer, backup_dir)
     rows = summary.eval_rows
     held = rows["held"].to_numpy(bool)
@@ -433,7 +433,7 @@ def train_two_tower_stream(summary, item_ids, config, stream=None, log=print,
     # 2. Refit on everything and read the towers.
     start = time.time()
     model, losses = cf_embeddings.fit_dataset(
-        make_dataset(summary, "full", config, stream), summary.users,
+        lambda: make_dataset(summary, "full", config, stream), summary.users,
         summary.full.item_counts.index.to_numpy(str), config, log, "full", writer, backup_dir)
     seconds = time.time() - start
     metrics.update({"final_loss": losses[-1], "full_fit_seconds": seconds,
