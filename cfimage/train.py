@@ -139,6 +139,10 @@ def main(argv):
                          ("temperature", FLAGS.cf_temperature)]:
         if value is not None:
             setattr(stage1_config, field, value)
+    try:
+        stage1_config.validate()  # before any work: out-of-range --cf_* flags
+    except ValueError as error:
+        fail(f"stage-1 flags (--cf_dim, --cf_holdout, --cf_epochs, ...): {error}")
     stage1_key = {"config": repr(stage1_config), "catalogue": catalogue.root,
                   "source": FLAGS.cf_embeddings}
     if stream:  # a different held-out split and evaluation: not interchangeable
@@ -216,7 +220,11 @@ def main(argv):
         return
 
     # --- Split and label masking -----------------------------------------------
-    splits = data.split_items(catalogue.num_items, catalogue.labelled, fractions, FLAGS.seed)
+    try:
+        splits = data.split_items(catalogue.num_items, catalogue.labelled, fractions,
+                                  FLAGS.seed)
+    except ValueError as error:  # too few labelled items for validation and test
+        fail(f"--split={','.join(FLAGS.split)}: {error}")
     labelled = data.mask_labels(catalogue.labelled, splits["train"], FLAGS.label_ratio,
                                 FLAGS.seed)
     log(f"split (seed {FLAGS.seed}): train {len(splits['train'])} "

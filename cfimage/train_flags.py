@@ -149,4 +149,7 @@ def check_flags():
         fractions = ()
     if len(fractions) != 3:
         fail(f"--split={','.join(FLAGS.split)}: give three fractions, e.g. 0.7,0.1,0.2")
+    if min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        fail(f"--split={','.join(FLAGS.split)}: train, validation and test fractions must "
+             "each be > 0 and sum to 1, e.g. 0.7,0.1,0.2")
     return parse_image_size(FLAGS.image_size), fractions

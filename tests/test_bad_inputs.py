@@ -312,6 +312,8 @@ def test_embeddings_with_the_wrong_dimension_fail_with_the_line(tmp_path, text, 
     (["--batch_size=0"], "--epochs and --batch_size must be >= 1."),
     (["--cf_target_scale=0"], "--cf_target_scale must be > 0."),
     (["--split=0.5,0.5"], "--split=0.5,0.5: give three fractions"),
+    (["--split=0.7,0.2,0.2"], "fractions must each be > 0 and sum to 1"),
+    (["--split=0.9,0.1,0"], "fractions must each be > 0 and sum to 1"),
     (["--on_bad_image=maybe"], "value should be one of <fail|skip>"),
     (["--strategy=multi_worker"], "--strategy=multi_worker needs --cf_embeddings"),
 ])
@@ -323,6 +325,21 @@ def test_contradictory_training_flags_fail_before_any_work(tmp_path, flags, mess
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "demo_catalogue").exists()  # stopped before the data
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--cf_dim=0"], "embedding_dim must be >= 1"),
+    (["--cf_holdout=1"], "holdout_fraction must be in [0, 1)"),
+    (["--cf_epochs=0"], "epochs must be >= 1"),
+])
+def test_out_of_range_stage1_flags_fail_before_stage1(tmp_path, flags, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "cfimage.train", f"--workdir={tmp_path}/run", "--noexport",
+         "--demo_items=60", "--demo_users=20", *flags], capture_output=True, text=True,
+        timeout=300, cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": os.path.abspath(ROOT)})
+    assert result.returncode != 0
+    assert "cfimage: error: stage-1 flags" in result.stderr and message in result.stderr
+    assert "Traceback" not in result.stderr and "stage 1: two-tower" not in result.stdout
 
 
 # --- The table in docs/bad_inputs.md cannot rot ------------------------------------------------
