@@ -55,6 +55,33 @@ def next_version(model_dir):
     return max(versions, default=0) + 1
 
 
+def remove_stale_temporaries(model_dir, log=print):
+    """Deletes `.tmp-<version>-<pid>` directories whose export process no longer runs (a
+    killed export leaves one; TF Serving never loads it, but it takes disk space)."""
+    if not os.path.isdir(model_dir):
+        return []
+    removed = []
+    for name in sorted(os.listdir(model_dir)):
+        parts = name.split("-")
+        if len(parts) != 3 or parts[0] != ".tmp" or not parts[2].isdigit():
+            continue
+        pid = int(parts[2])
+        try:
+            os.kill(pid, 0)
+            alive = pid != os.getpid()
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:  # a live process of another user
+            alive = True
+        if not alive:
+            shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
+            removed.append(name)
+    if removed:
+        log(f"export: removed {len(removed)} temporary directories of interrupted exports: "
+            f"{', '.join(removed)}")
+    return removed
+
+
 def _check_table(kind, ids, vectors, dim):
     """Ids and vectors of one CF table as (str array, float32 array), or ValueError."""
     if (ids is None) != (vectors is None):
@@ -236,8 +263,8 @@ def export_saved_model(model, label_names, image_size, export_base, model_name, 
                 log(f"export: signature {name} left out: {why}")
 
     os.makedirs(model_dir, exist_ok=True)
+    remove_stale_temporaries(model_dir, log=log)
     tmp_dir = os.path.join(model_dir, f".tmp-{version}-{os.getpid()}")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)

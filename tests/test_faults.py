@@ -88,6 +88,18 @@ def test_export_killed_mid_write_leaves_no_visible_version_and_the_next_export_w
     path = export.export_saved_model(tiny_model(SIZE), ["a", "b"], SIZE,  # noqa: F821
                                      str(tmp_path), "m")
     assert _visible_versions(model_dir) == ["1"] and _serves(path)
+    # The next export also removed the dead process's temporary directory.
+    assert os.listdir(model_dir) == ["1"]
+
+
+def test_only_temporaries_of_dead_exports_are_removed(tmp_path):
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    dead, live = f".tmp-2-{finished.pid}", f".tmp-3-{os.getppid()}"
+    for name in (dead, live, "1", ".tmp-x", "notes.txt"):
+        (tmp_path / name).mkdir()
+    assert export.remove_stale_temporaries(str(tmp_path), log=lambda m: None) == [dead]
+    assert sorted(os.listdir(tmp_path)) == sorted([live, "1", ".tmp-x", "notes.txt"])
 
 
 # --- A NaN loss in stage 2 ----------------------------------------------------------------
