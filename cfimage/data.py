@@ -53,6 +53,27 @@ def image_dimensions(encoded):
     return abs(int(height)), abs(int(width))
 
 
+def header_pixels(image_bytes):
+    """Graph version of image_dimensions for one scalar string: height x width claimed by a
+    PNG, GIF or JPEG header (int64), 0 for other formats. Stock TF ops only, so the serving
+    signatures can refuse a decompression bomb before decoding it."""
+    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(image_bytes, 0, 24), tf.uint8), tf.int64)
+    raw = tf.pad(raw, [[0, 24 - tf.shape(raw)[0]]])  # short strings: zeros, never out of range
+
+    def big_endian(start):
+        return raw[start] * 2**24 + raw[start + 1] * 2**16 + raw[start + 2] * 2**8 + raw[start + 3]
+
+    head = tf.strings.substr(image_bytes, 0, 8)
+    png = tf.equal(head, b"\x89PNG\r\n\x1a\n")
+    gif = tf.strings.regex_full_match(tf.strings.substr(image_bytes, 0, 6), "GIF8[79]a")
+    return tf.case([
+        (png, lambda: big_endian(16) * big_endian(20)),
+        (gif, lambda: (raw[6] + raw[7] * 256) * (raw[8] + raw[9] * 256)),
+        (tf.io.is_jpeg(image_bytes),
+         lambda: tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(image_bytes)[:2], tf.int64))),
+    ], default=lambda: tf.constant(0, tf.int64), exclusive=False)
+
+
 def find_unreadable_images(image_paths, log=None, every=2000,
                            max_pixels=MAX_IMAGE_PIXELS):
     """Decodes every image once; returns {index: reason} for those that fail.

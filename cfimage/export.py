@@ -82,6 +82,15 @@ def remove_stale_temporaries(model_dir, log=print):
     return removed
 
 
+def _decode_within_limit(image_bytes, image_size):
+    limit = tf.debugging.assert_less_equal(
+        data.header_pixels(image_bytes), tf.constant(data.MAX_IMAGE_PIXELS, tf.int64),
+        message=f"image too large: its header claims more than {data.MAX_IMAGE_PIXELS:,} "
+                "pixels; downscale it")
+    with tf.control_dependencies([limit]):
+        return data.decode_and_resize(image_bytes, image_size)
+
+
 def _check_table(kind, ids, vectors, dim):
     """Ids and vectors of one CF table as (str array, float32 array), or ValueError."""
     if (ids is None) != (vectors is None):
@@ -210,7 +219,9 @@ def export_saved_model(model, label_names, image_size, export_base, model_name, 
     def predict_images(images):
         # Bytes that are not an image fail in decode_image with InvalidArgument
         # ("Unknown image file format ..."): the request fails, the server lives on.
-        pixels = tf.map_fn(lambda b: data.decode_and_resize(b, image_size), images,
+        # A header claiming more than data.MAX_IMAGE_PIXELS fails with InvalidArgument
+        # before anything is decoded (a small file can claim a huge image).
+        pixels = tf.map_fn(lambda b: _decode_within_limit(b, image_size), images,
                            fn_output_signature=tf.TensorSpec((*image_size, 3), tf.uint8))
         return predict(tf.cast(pixels, tf.float32))
 

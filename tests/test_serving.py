@@ -89,6 +89,14 @@ SERVER_SCRIPT = textwrap.dedent("""
         out["garbage"] = "no error"
     except tf.errors.InvalidArgumentError as error:
         out["garbage"] = error.message
+    # A decompression bomb: a valid small PNG whose header claims 100,000 x 100,000 pixels.
+    bomb = next(bytearray(i) for i in images if i[:4] == b"\\x89PNG")
+    bomb[16:24] = (100000).to_bytes(4, "big") * 2
+    try:
+        signatures["serving_default"](images=tf.constant([bytes(bomb)]))
+        out["bomb"] = "no error"
+    except tf.errors.InvalidArgumentError as error:
+        out["bomb"] = error.message
     out["after_garbage"] = run("serving_default", images=tf.constant(images[:1]))["scores"]
 
     out["replayed"] = []
@@ -215,6 +223,7 @@ def test_top_k_is_a_dot_product_top_k_over_the_tables(served, signature, key, ta
 
 def test_garbage_bytes_fail_clearly_and_the_model_keeps_serving(served):
     assert "Unknown image file format" in served["served"]["garbage"]
+    assert "image too large: its header claims more than 178,956,970" in served["served"]["bomb"]
     np.testing.assert_allclose(served["served"]["after_garbage"], served["scores"][:1],
                                atol=1e-4)
 
