@@ -23,7 +23,9 @@ import tensorflow as tf
 from cfimage.catalogue import CatalogueError
 
 HASH_BUCKETS = 1 << 20  # resolution of the held-out share: 1e-6
-STREAM_AUTO_BYTES = 1 << 30  # --stream_interactions=auto streams logs larger than this
+# --stream_interactions=auto streams logs larger than this: in memory, stage 1 peaked at ~50x
+# the CSV's size (5.9 GiB for a 112 MB log, docs/benchmarks.md), so 256 MB already needs ~13 GB.
+STREAM_AUTO_BYTES = 256 << 20
 
 
 @dataclasses.dataclass

@@ -49,7 +49,7 @@ flags.DEFINE_enum("stream_interactions", "auto", ["auto", "true", "false"],
                   "Stage 1 streams the interactions with tf.data (cfimage/cf_stream.py) instead "
                   "of loading them into pandas: for logs larger than memory. "
                   "--interactions_file may then be a glob or a gs:// path (shards with one "
-                  "header). auto: stream when it matches several files or over 1 GB.")
+                  "header). auto: stream when it matches several files or over 256 MB.")
 flags.DEFINE_integer("cf_shuffle_buffer", 200_000, "Streaming stage 1: rows in the training "
                      "shuffle buffer (a log sorted by user needs a large one, or many shards).")
 flags.DEFINE_float("cf_target_scale", 0.5, "CF targets are centred and scaled to this RMS "
