@@ -72,7 +72,12 @@ class LogSummary:
 
 def interaction_files(root, pattern):
     """Sorted files matching `pattern` (relative to the catalogue unless absolute or a URL)."""
-    path = pattern if ("://" in pattern or os.path.isabs(pattern)) else os.path.join(root, pattern)
+    if "://" in pattern or os.path.isabs(pattern):
+        path = pattern
+    elif not os.path.isdir(root):
+        raise CatalogueError(f"catalogue directory not found: {root}")
+    else:
+        path = os.path.join(root, pattern)
     files = sorted(tf.io.gfile.glob(path))
     if not files:
         raise CatalogueError(f"interactions file not found: no file matches {path}")

@@ -150,6 +150,8 @@ def test_shards_must_share_a_header_and_exist(tmp_path):
         _scan(str(tmp_path), "log-*.csv", ["a"], ce.TwoTowerConfig())
     with pytest.raises(catalogue_lib.CatalogueError, match="no file matches"):
         cf_stream.interaction_files(str(tmp_path), "nothing-*.csv")
+    with pytest.raises(catalogue_lib.CatalogueError, match="catalogue directory not found"):
+        cf_stream.interaction_files(str(tmp_path / "absent"), "interactions.csv")
 
 
 def test_should_stream(tmp_path):
