@@ -25,7 +25,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from cfimage import cf_embeddings
+from cfimage import cf_embeddings, cf_evaluation
 from cfimage.cf_scan import (  # noqa: F401  (re-exported: the streaming API in one place)
     STREAM_AUTO_BYTES, LogSummary, Phase, StreamConfig, heldout_mask, interaction_files,
     scan_interactions, should_stream)
@@ -79,7 +79,7 @@ def make_dataset(summary, phase, config, stream=None):
 
 
 def _holdout(summary, config, stream, log, writer, backup_dir):
-    saved = cf_embeddings.resumed_holdout(backup_dir, log)
+    saved = cf_evaluation.resumed_holdout(backup_dir, log)
     if saved is not None:
         return saved
     if summary.n_heldout == 0 or summary.holdout.n_rows == 0:
@@ -93,17 +93,17 @@ def _holdout(summary, config, stream, log, writer, backup_dir):
         log, "holdout", writer, backup_dir)
     rows = summary.eval_rows
     held = rows["held"].to_numpy(bool)
-    metrics, _ = cf_embeddings.recall_metrics(
+    metrics, _ = cf_evaluation.recall_metrics(
         model, item_vocab, rows[~held], rows[held], summary.holdout.item_counts.to_numpy(),
         config.recall_k)
     metrics.update({"n_train": summary.n_rows - summary.n_heldout,
                     "n_fitted": summary.holdout.n_rows, "n_heldout": summary.n_heldout,
                     "holdout_seconds": time.time() - start})
-    cf_embeddings.report_holdout(
+    cf_evaluation.report_holdout(
         metrics, config, log, writer,
         note=f"; streaming: recall on a sample of at most {stream.max_eval_users} users, "
              "SVD baseline skipped")
-    cf_embeddings.save_holdout(backup_dir, metrics)
+    cf_evaluation.save_holdout(backup_dir, metrics)
     return metrics
 
 
@@ -149,7 +149,7 @@ def train_two_tower_stream(summary, item_ids, config, stream=None, log=print,
                     "full_fit_interactions_per_second": summary.full.n_rows
                     * max(config.epochs, 1) / seconds})
     has_vector = catalogue_counts >= config.min_interactions
-    vectors = cf_embeddings._tower_outputs(model.item_model, catalogue)
+    vectors = cf_evaluation.tower_outputs(model.item_model, catalogue)
     vectors[~has_vector] = 0.0
     metrics["n_items_with_vector"] = int(has_vector.sum())
     log(f"stage 1: vectors for {int(has_vector.sum())}/{len(catalogue)} catalogue items "
@@ -158,5 +158,5 @@ def train_two_tower_stream(summary, item_ids, config, stream=None, log=print,
         writer.flush()
     return cf_embeddings.CFResult(
         item_ids=catalogue, vectors=vectors, has_vector=has_vector, user_ids=summary.users,
-        user_vectors=cf_embeddings._tower_outputs(model.user_model, summary.users),
+        user_vectors=cf_evaluation.tower_outputs(model.user_model, summary.users),
         metrics=metrics)
