@@ -213,6 +213,18 @@ def load_items(root, spec):
     return ids.to_numpy().astype(str), paths, label_names, multi_hot, notes
 
 
+def parse_weights(raw, column, path, lines, scope):
+    """Interaction weights (a column of strings) -> float32, or CatalogueError naming the file,
+    line and value of the first one that is not a finite number > 0."""
+    weight = pd.to_numeric(raw.str.strip(), errors="coerce").to_numpy(np.float64)
+    bad = np.flatnonzero(~np.isfinite(weight) | (weight <= 0))
+    if len(bad):
+        raise CatalogueError(
+            f"{path}, line {lines[bad[0]]}: {column!r} is {raw.iloc[bad[0]]!r}; weights must "
+            f"be finite numbers > 0 ({len(bad)} bad row(s) {scope}).")
+    return weight.astype(np.float32)
+
+
 def load_interactions(root, spec, item_ids):
     """Reads interactions.csv into user_id, item_id, weight[, timestamp]; returns frame, notes."""
     path = os.path.join(root, spec.interactions_file)
@@ -227,15 +239,8 @@ def load_interactions(root, spec, item_ids):
                               spec.interaction_item_column, lines),
     })
     if spec.weight_column and spec.weight_column in frame.columns:
-        weight = pd.to_numeric(frame[spec.weight_column].str.strip(), errors="coerce")
-        bad = np.flatnonzero(~np.isfinite(weight.to_numpy()) | (weight.to_numpy() <= 0))
-        if len(bad):
-            first = bad[0]
-            raise CatalogueError(
-                f"{path}, line {lines[first]}: {spec.weight_column!r} is "
-                f"{frame[spec.weight_column].iloc[first]!r}; weights must be finite numbers > 0 "
-                f"({len(bad)} bad row(s) in all).")
-        out["weight"] = weight.astype(np.float32)
+        out["weight"] = parse_weights(frame[spec.weight_column], spec.weight_column, path,
+                                      lines, "in all")
     else:
         out["weight"] = np.float32(1.0)
     notes = []

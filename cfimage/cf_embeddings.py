@@ -371,7 +371,14 @@ def train_two_tower(interactions, item_ids, config, log=print, tensorboard_dir=N
     start = time.time()
     model, user_vocab, _, losses = _fit(fitted, config, log, "full", writer, backup_dir)
     metrics.update({"final_loss": losses[-1], "full_fit_seconds": time.time() - start})
-    has_vector = catalogue_counts >= config.min_interactions
+    return read_towers(model, catalogue, catalogue_counts, user_vocab, config, metrics, log,
+                       writer)
+
+
+def read_towers(model, catalogue, catalogue_counts, users, config, metrics, log, writer):
+    """The fitted model's CFResult: item vectors for the catalogue (zeros, and has_vector
+    False, below min_interactions) and user vectors (in memory and streaming)."""
+    has_vector = np.asarray(catalogue_counts) >= config.min_interactions
     vectors = tower_outputs(model.item_model, catalogue)
     vectors[~has_vector] = 0.0
     metrics["n_items_with_vector"] = int(has_vector.sum())
@@ -379,6 +386,5 @@ def train_two_tower(interactions, item_ids, config, log=print, tensorboard_dir=N
         f"(min_interactions={config.min_interactions}), d={config.embedding_dim}")
     if writer is not None:
         writer.flush()
-    return CFResult(item_ids=catalogue, vectors=vectors, has_vector=has_vector,
-                    user_ids=user_vocab, user_vectors=tower_outputs(model.user_model, user_vocab),
-                    metrics=metrics)
+    return CFResult(item_ids=catalogue, vectors=vectors, has_vector=has_vector, user_ids=users,
+                    user_vectors=tower_outputs(model.user_model, users), metrics=metrics)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from cfimage.catalogue import CatalogueError
+from cfimage.catalogue import CatalogueError, parse_weights
 
 HASH_BUCKETS = 1 << 20  # resolution of the held-out share: 1e-6
 # --stream_interactions=auto streams logs larger than this: in memory, stage 1 peaked at ~50x
@@ -169,15 +169,8 @@ def _check_chunk(chunk, lines, path, summary, spec, known_items):
                                  f"({len(empty)} row(s) in this chunk); every row needs an id.")
         out[name] = values.to_numpy(object)
     if summary.weight_column:
-        raw = chunk[summary.weight_column]
-        weight = pd.to_numeric(raw.str.strip(), errors="coerce").to_numpy(np.float64)
-        bad = np.flatnonzero(~np.isfinite(weight) | (weight <= 0))
-        if len(bad):
-            raise CatalogueError(
-                f"{path}, line {lines[bad[0]]}: {summary.weight_column!r} is "
-                f"{raw.iloc[bad[0]]!r}; weights must be finite numbers > 0 "
-                f"({len(bad)} bad row(s) in this chunk).")
-        out["weight"] = weight.astype(np.float32)
+        out["weight"] = parse_weights(chunk[summary.weight_column], summary.weight_column, path,
+                                      lines, "in this chunk")
     else:
         out["weight"] = np.ones(len(chunk), np.float32)
     frame = pd.DataFrame(out)

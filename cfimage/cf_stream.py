@@ -148,15 +148,5 @@ def train_two_tower_stream(summary, item_ids, config, stream=None, log=print,
     metrics.update({"final_loss": losses[-1], "full_fit_seconds": seconds,
                     "full_fit_interactions_per_second": summary.full.n_rows
                     * max(config.epochs, 1) / seconds})
-    has_vector = catalogue_counts >= config.min_interactions
-    vectors = cf_evaluation.tower_outputs(model.item_model, catalogue)
-    vectors[~has_vector] = 0.0
-    metrics["n_items_with_vector"] = int(has_vector.sum())
-    log(f"stage 1: vectors for {int(has_vector.sum())}/{len(catalogue)} catalogue items "
-        f"(min_interactions={config.min_interactions}), d={config.embedding_dim}")
-    if writer is not None:
-        writer.flush()
-    return cf_embeddings.CFResult(
-        item_ids=catalogue, vectors=vectors, has_vector=has_vector, user_ids=summary.users,
-        user_vectors=cf_evaluation.tower_outputs(model.user_model, summary.users),
-        metrics=metrics)
+    return cf_embeddings.read_towers(model, catalogue, catalogue_counts, summary.users, config,
+                                     metrics, log, writer)

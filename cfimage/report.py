@@ -79,13 +79,17 @@ def sweep(results):
     return rows
 
 
+def _gain_and_p(r):
+    gain = f"{r['gain']:+.1f}% ± {r['gain_ci']:.1f}%" if "gain" in r else "—"
+    return gain, f"{r['p_value']:.3f}" if "p_value" in r else "—"
+
+
 def _format_sweep(rows):
     lines = ["| label ratio | arm | λ | seeds | validation mAP (chooses λ) | test macro mAP | "
              "gain vs image-only (paired) | paired t-test p |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        gain = (f"{r['gain']:+.1f}% ± {r['gain_ci']:.1f}%" if "gain" in r else "—")
-        p_value = f"{r['p_value']:.3f}" if "p_value" in r else "—"
+        gain, p_value = _gain_and_p(r)
         mark = " (chosen)" if r["chosen"] else ""
         lines.append(f"| {r['label_ratio']:g} | {r['arm']} | {r['cf_weight']:g}{mark} | "
                      f"{r['seeds']} | {r['val_map']:.4f} | {r['map']:.4f} ± {r['map_ci']:.4f} "
@@ -98,8 +102,7 @@ def _format(rows):
              "gain vs image-only (paired) | paired t-test p |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        gain = (f"{r['gain']:+.1f}% ± {r['gain_ci']:.1f}%" if "gain" in r else "—")
-        p_value = f"{r['p_value']:.3f}" if "p_value" in r else "—"
+        gain, p_value = _gain_and_p(r)
         lines.append(f"| {r['label_ratio']:g} | {r['arm']} | {r['cf_weight']:g} | {r['seeds']} | "
                      f"{r['map']:.4f} ± {r['map_ci']:.4f} | {r['p1']:.4f} ± {r['p1_ci']:.4f} | "
                      f"{gain} | {p_value} |")
