@@ -3,8 +3,10 @@
 `data.make_dataset` decodes every image once and caches the uint8 pixels in RAM: H x W x 3
 bytes per item (64 px: 12 KB, 224 px: 150 KB, so 1M items at 224 px need ~150 GB). Past the
 machine's memory, write the catalogue once with `scripts/make_tfrecords.py` and train with
-`--tfrecords=PATTERN`: stage 2 then streams the already decoded, resized images from the
-shards (local paths or gs://..., anything tf.io.gfile reads) instead of decoding image files.
+`--tfrecords=PATTERN`, or let train.py do it (`shards_for_run`: when the decoded images
+would need more than --cache_limit_gb, it writes the shards into the workdir). Stage 2
+then streams the already decoded, resized images from the shards (local paths or gs://...,
+anything tf.io.gfile reads) instead of decoding image files.
 
 One record per item, shards hold contiguous runs of items in catalogue order:
   item_id  bytes
@@ -19,6 +21,7 @@ records: the split, --label_ratio and the CF vectors of this run apply, and the 
 valid across runs; the stored targets serve other readers and the round-trip test.
 """
 
+import hashlib
 import json
 import os
 
@@ -83,6 +86,49 @@ def write_tfrecords(out_dir, item_ids, image_paths, targets, image_size, label_n
     with tf.io.gfile.GFile(os.path.join(out_dir, MANIFEST), "w") as f:
         f.write(json.dumps(manifest, indent=2))
     return paths
+
+
+def cache_bytes(num_items, image_size):
+    """Memory that data.make_dataset's in-RAM cache of decoded images needs."""
+    return int(num_items) * int(image_size[0]) * int(image_size[1]) * 3
+
+
+def default_cache_limit():
+    """Half of this machine's physical memory, in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def shards_for_run(out_dir, item_ids, image_paths, targets, image_size, label_names,
+                   shard_bytes=150 * 2**20, log=print):
+    """Stage 2's automatic switch for catalogues too big to cache: writes the catalogue's
+    shards into `out_dir` once (written again when the items or the image size differ) and
+    returns their pattern for `make_dataset`."""
+    item_ids = np.asarray(item_ids).astype(str)
+    key = {"image_size": [int(s) for s in image_size], "num_items": len(item_ids),
+           "items": _fingerprint(item_ids, image_paths)}
+    key_path = os.path.join(out_dir, "source.json")
+    pattern = os.path.join(out_dir, "items-*")
+    if tf.io.gfile.exists(key_path) and tf.io.gfile.exists(os.path.join(out_dir, MANIFEST)):
+        with tf.io.gfile.GFile(key_path) as f:
+            if json.loads(f.read()) == key:
+                log(f"reusing the TFRecord shards in {out_dir}")
+                return pattern
+    if tf.io.gfile.isdir(out_dir):
+        tf.io.gfile.rmtree(out_dir)
+    num_shards = max(1, -(-cache_bytes(len(item_ids), image_size) // shard_bytes))
+    log(f"writing {len(item_ids)} decoded images as {num_shards} TFRecord shard(s) to {out_dir}")
+    write_tfrecords(out_dir, item_ids, image_paths, targets, image_size, label_names,
+                    num_shards=num_shards, log=log)
+    with tf.io.gfile.GFile(key_path, "w") as f:
+        f.write(json.dumps(key))
+    return pattern
+
+
+def _fingerprint(item_ids, image_paths):
+    digest = hashlib.sha256()
+    for item_id, path in zip(item_ids, image_paths):
+        digest.update(f"{item_id}\t{path}\n".encode())
+    return digest.hexdigest()
 
 
 def read_manifest(pattern):

@@ -252,10 +252,21 @@ def main(argv):
         weights = np.where(neighbours >= 0, weights, 0.0).astype(np.float32)
     targets = data.pack_targets(catalogue.labels, labelled, cf_for_loss, weights)
 
+    shards = FLAGS.tfrecords
+    limit = (FLAGS.cache_limit_gb * 2**30 if FLAGS.cache_limit_gb > 0
+             else tfrecords.default_cache_limit())
+    needed = tfrecords.cache_bytes(catalogue.num_items, image_size)
+    if not shards and needed > limit:
+        log(f"the decoded images need {needed / 2**30:.2f} GiB, more than the cache limit "
+            f"{limit / 2**30:.2f} GiB (--cache_limit_gb): stage 2 streams them from TFRecords")
+        shards = tfrecords.shards_for_run(
+            os.path.join(outdir, "tfrecords_{}x{}".format(*image_size)), catalogue.item_ids,
+            catalogue.image_paths, targets, image_size, catalogue.label_names, log=log)
+
     def dataset(name, training):
         index = splits[name]
-        if FLAGS.tfrecords:  # images from the shards, targets of this run (by item_id)
-            return tfrecords.make_dataset(FLAGS.tfrecords, image_size, global_batch, training,
+        if shards:  # images from the shards, targets of this run (by item_id)
+            return tfrecords.make_dataset(shards, image_size, global_batch, training,
                                           FLAGS.seed, item_ids=catalogue.item_ids[index],
                                           targets={k: v[index] for k, v in targets.items()})
         return data.make_dataset(catalogue.image_paths[index],

@@ -97,6 +97,10 @@ flags.DEFINE_string("tfrecords", None, "Stage 2 reads images from these TFRecord
                     "(e.g. DIR/items-*, written by scripts/make_tfrecords.py at --image_size) "
                     "instead of decoding and caching the image files: for catalogues whose "
                     "decoded images do not fit in memory.")
+flags.DEFINE_float("cache_limit_gb", 0.0, "Without --tfrecords, stage 2 caches the decoded "
+                   "images in memory (items x H x W x 3 bytes) up to this size; above it, it "
+                   "writes them once as TFRecord shards under <workdir>/tfrecords_HxW and "
+                   "streams from those. 0 = half of this machine's memory.")
 flags.DEFINE_boolean("sync_batchnorm", False, "Synchronised BatchNormalization: batch "
                      "statistics over the global batch of all replicas (one all-reduce per "
                      "layer and step). Use it when the per-replica batch is small.")
@@ -141,6 +145,8 @@ def check_flags():
         fail(f"--cf_weight={FLAGS.cf_weight}: λ must be >= 0.")
     if FLAGS.epochs < 1 or FLAGS.batch_size < 1:
         fail("--epochs and --batch_size must be >= 1.")
+    if FLAGS.cache_limit_gb < 0:
+        fail(f"--cache_limit_gb={FLAGS.cache_limit_gb}: must be >= 0 (0 = half the memory).")
     if FLAGS.cf_target_scale <= 0:
         fail("--cf_target_scale must be > 0.")
     try:

@@ -102,3 +102,43 @@ def test_script_writes_shards_and_manifest(tiny, tmp_path):
     assert manifest["image_size"] == [32, 24] and manifest["cf_width"] == 2
     count = sum(1 for f in files for _ in tf.data.TFRecordDataset(f))
     assert count == 60
+
+
+def test_shards_for_run_writes_once_and_again_when_the_items_change(tiny, tmp_path):
+    catalogue, targets, _, _ = tiny
+    messages = []
+    out = str(tmp_path / "auto")
+    args = (catalogue.item_ids, catalogue.image_paths, targets, IMAGE_SIZE,
+            catalogue.label_names)
+    # 60 items of 32x24x3 bytes in shards of at most 20,000 bytes: 7 shards.
+    pattern = tfrecords.shards_for_run(out, *args, shard_bytes=20_000, log=messages.append)
+    manifest, files = tfrecords.read_manifest(pattern)
+    assert len(files) == 7 and manifest["num_items"] == 60
+    assert any("writing 60 decoded images as 7 TFRecord shard(s)" in m for m in messages)
+    assert tfrecords.shards_for_run(out, *args, log=messages.append) == pattern
+    assert messages[-1] == f"reusing the TFRecord shards in {out}"
+    # Other items (here: the first 30): the shards are written again for them.
+    fewer = (catalogue.item_ids[:30], catalogue.image_paths[:30],
+             {k: v[:30] for k, v in targets.items()}, IMAGE_SIZE, catalogue.label_names)
+    tfrecords.shards_for_run(out, *fewer, log=messages.append)
+    assert tfrecords.read_manifest(pattern)[0]["num_items"] == 30
+    assert tfrecords.cache_bytes(60, IMAGE_SIZE) == 60 * 32 * 24 * 3
+    assert tfrecords.default_cache_limit() > 2**28
+
+
+def test_train_streams_from_shards_when_the_images_exceed_the_cache_limit(tiny, tmp_path):
+    catalogue, _, _, _ = tiny
+    ids = catalogue.item_ids
+    np.savez(tmp_path / "vectors.npz", ids=ids,
+             vectors=np.random.default_rng(0).normal(size=(len(ids), 4)).astype(np.float32))
+    result = subprocess.run(
+        [sys.executable, "-m", "cfimage.train", f"--catalogue={catalogue.root}",
+         f"--cf_embeddings={tmp_path}/vectors.npz", "--image_size=32", "--batch_size=8",
+         "--epochs=1", "--cache_limit_gb=0.00001", "--noexport", "--threads=1",
+         f"--workdir={tmp_path}/run"], capture_output=True, text=True, timeout=600,
+        cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": os.path.abspath(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "more than the cache limit 0.00 GiB (--cache_limit_gb)" in result.stdout
+    manifest, files = tfrecords.read_manifest(str(tmp_path / "run" / "tfrecords_32x32" / "items-*"))
+    assert manifest["num_items"] == 60 and manifest["image_size"] == [32, 32]
+    assert (tmp_path / "run" / "metrics.json").is_file()
