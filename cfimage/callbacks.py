@@ -74,15 +74,19 @@ class StepTimer(keras.callbacks.Callback):
         self.ends.append(time.perf_counter())
 
 
-class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stops training at the first NaN/inf loss and remembers where it happened."""
+class StopOnDivergence(keras.callbacks.Callback):
+    """Stops training at the first NaN/inf loss, or at a loss above `max_loss` (an exploding
+    run), and remembers where it happened."""
 
-    def __init__(self):
+    def __init__(self, max_loss=None):
         super().__init__()
+        self.max_loss = max_loss
         self.failed_at = None
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(loss):
+        if loss is None:
+            return
+        if not np.isfinite(loss) or (self.max_loss and loss > self.max_loss):
             self.failed_at = (self.model.optimizer.iterations.numpy(), float(loss))
             self.model.stop_training = True

@@ -10,9 +10,10 @@ import os
 import sys
 
 import keras
+import numpy as np
 
 from cfimage import losses
-from cfimage.callbacks import StopOnNonFiniteLoss
+from cfimage.callbacks import StopOnDivergence
 
 ARMS = ("multitask", "two_stage", "contrastive")
 
@@ -42,13 +43,15 @@ def compile_model(model, optimizer, label_loss, arm, label_weight, cf_weight, ji
                   metrics={"cf": cf_metrics}, jit_compile=jit_compile)
 
 
-def resumable_fit(model, train_ds, val_ds, epochs, workdir, tag, callbacks=(), log=print):
+def resumable_fit(model, train_ds, val_ds, epochs, workdir, tag, callbacks=(), log=print,
+                  max_loss=None):
     """model.fit that a killed run resumes (BackupAndRestore in <workdir>/backup[_tag]).
 
-    Raises SystemExit with the stage and step when the loss stops being finite.
+    Raises SystemExit with the stage and step when the loss stops being finite or, with
+    `max_loss`, grows above it (the epoch's running mean of the training loss).
     """
     suffix = f"_{tag}" if tag else ""
-    nan_guard = StopOnNonFiniteLoss()
+    nan_guard = StopOnDivergence(max_loss)
     all_callbacks = [
         *callbacks,
         nan_guard,
@@ -68,6 +71,8 @@ def resumable_fit(model, train_ds, val_ds, epochs, workdir, tag, callbacks=(), l
         best = os.path.join(workdir, "checkpoints", "best.weights.h5")
         kept = (f"the best checkpoint so far is intact at {best}" if os.path.exists(best)
                 else "no checkpoint had been chosen yet")
-        raise SystemExit(f"stage 2{' (' + tag + ')' if tag else ''}: the loss became {value} at "
+        what = (f"became {value}" if not np.isfinite(value) else
+                f"exploded to {value:.4g} (above --max_loss={max_loss:g})")
+        raise SystemExit(f"stage 2{' (' + tag + ')' if tag else ''}: the loss {what} at "
                          f"training step {step}; stopped ({kept}). Try a lower "
                          "--learning_rate, a --clipnorm or a lower --cf_weight.")

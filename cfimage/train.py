@@ -314,7 +314,7 @@ def main(argv):
             fit.compile_model(model, optimizer(FLAGS.pretrain_epochs), label_loss, "two_stage",
                               0.0, 1.0, jit)
             fit.resumable_fit(model, train_ds, val_ds, FLAGS.pretrain_epochs, outdir,
-                              "pretrain", log=log)
+                              "pretrain", log=log, max_loss=FLAGS.max_loss)
             atomic.save_weights(model, pretrained)
         model.load_weights(pretrained)
         label_weight, cf_weight = 1.0, 0.0
@@ -334,7 +334,7 @@ def main(argv):
     selector = SelectByValidationMAP(val_ds, catalogue.labels[splits["validation"]],
                                      catalogue.label_names, best_path, log=log)
     fit.resumable_fit(model, train_ds, val_ds, FLAGS.epochs, outdir, "", callbacks=[selector],
-                      log=log)
+                      log=log, max_loss=FLAGS.max_loss)
 
     # --- Evaluation: test split, once, at the checkpoint chosen on validation --
     model.load_weights(best_path)

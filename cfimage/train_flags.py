@@ -67,6 +67,9 @@ flags.DEFINE_enum("optimizer", "adamw", ["adamw", "sgd"], "Optimizer.")
 flags.DEFINE_float("learning_rate", 3e-3, "Peak learning rate (cosine decay).")
 flags.DEFINE_float("weight_decay", 1e-5, "Weight decay.")
 flags.DEFINE_float("clipnorm", 1.0, "Gradient clipping by global norm (0 = off).")
+flags.DEFINE_float("max_loss", 1e4, "Stage 2 stops (keeping its best checkpoint) when the "
+                   "training loss is NaN/inf or its running mean exceeds this (an exploding "
+                   "run; 0 = only NaN/inf).")
 flags.DEFINE_float("dropout", 0.2, "Dropout before the classification layer.")
 flags.DEFINE_float("cf_weight", 2.0, "λ, weight of the CF loss; 0 = the image-only baseline.")
 flags.DEFINE_enum("arm", "multitask", ["multitask", "two_stage", "contrastive"],
@@ -145,6 +148,8 @@ def check_flags():
         fail(f"--cf_weight={FLAGS.cf_weight}: λ must be >= 0.")
     if FLAGS.epochs < 1 or FLAGS.batch_size < 1:
         fail("--epochs and --batch_size must be >= 1.")
+    if FLAGS.max_loss < 0:
+        fail(f"--max_loss={FLAGS.max_loss}: must be >= 0 (0 = stop only on NaN/inf).")
     if FLAGS.cache_limit_gb < 0:
         fail(f"--cache_limit_gb={FLAGS.cache_limit_gb}: must be >= 0 (0 = half the memory).")
     if FLAGS.cf_target_scale <= 0:

@@ -34,6 +34,25 @@ def test_a_nan_loss_stops_the_run_naming_stage_and_step(tmp_path):
     assert "no checkpoint had been chosen yet" in str(stop.value)
 
 
+def test_an_exploding_loss_stops_the_run_naming_stage_step_and_value(tmp_path):
+    model = _tiny_model()
+    fit.compile_model(model, fit.make_optimizer("adamw", 1e-3, 0.0, 1.0, 10),
+                      losses.MaskedWeightedBCE([1.0, 1.0]), "multitask", 1.0, 1.0, False)
+    x = np.ones((8, 4), np.float32)
+    x[4:] = 1e6  # finite, but the second batch's CF loss is huge
+    with pytest.raises(SystemExit, match=r"stage 2: the loss exploded to [\d.e+]+ \(above "
+                       r"--max_loss=10000\) at training step 2") as stop:
+        fit.resumable_fit(model, _dataset(x), _dataset(np.ones((4, 4), np.float32)), 3,
+                          str(tmp_path), "", max_loss=1e4)
+    assert "no checkpoint had been chosen yet" in str(stop.value)
+    # Without a limit the same data trains on: only NaN/inf stop it.
+    model = _tiny_model()
+    fit.compile_model(model, fit.make_optimizer("adamw", 1e-3, 0.0, 1.0, 10),
+                      losses.MaskedWeightedBCE([1.0, 1.0]), "multitask", 1.0, 1.0, False)
+    fit.resumable_fit(model, _dataset(x), _dataset(np.ones((4, 4), np.float32)), 1,
+                      str(tmp_path / "free"), "")
+
+
 def test_healthy_fit_writes_history_and_removes_its_backup(tmp_path):
     model = _tiny_model()
     fit.compile_model(model, fit.make_optimizer("sgd", 1e-2, 0.0, 0.0, 10),
