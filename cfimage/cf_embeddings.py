@@ -269,8 +269,17 @@ def fit_dataset(make_dataset, user_vocab, item_vocab, config, log, phase, writer
             with writer.as_default():
                 tf.summary.scalar(f"stage1/{phase}/loss", losses[-1], step=epoch + 1)
 
+    diverged = []
+
+    def on_train_batch_end(batch, logs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss):
+            diverged.append((int(model.optimizer.iterations.numpy()), float(loss)))
+            model.stop_training = True
+
     callbacks = [tf.keras.callbacks.LambdaCallback(on_epoch_begin=on_epoch_begin,
-                                                   on_epoch_end=on_epoch_end)]
+                                                   on_epoch_end=on_epoch_end,
+                                                   on_train_batch_end=on_train_batch_end)]
     if backup_dir:
         # Build the towers first, so that the checkpoint restores into existing variables.
         model.user_model(tf.constant([""]))
@@ -281,6 +290,13 @@ def fit_dataset(make_dataset, user_vocab, item_vocab, config, log, phase, writer
         callbacks.insert(0, tf.keras.callbacks.BackupAndRestore(
             os.path.join(backup_dir, phase), delete_checkpoint=False))
     model.fit(dataset, epochs=config.epochs, verbose=0, callbacks=callbacks)
+    if diverged:
+        step, value = diverged[0]
+        kept = (f"the backup of its last completed epoch is kept in "
+                f"{os.path.join(backup_dir, phase)}" if backup_dir else "nothing was saved")
+        raise SystemExit(f"stage 1 [{phase}] fit: the loss became {value} at training step "
+                         f"{step}; stopped ({kept}). Try a lower --cf_learning_rate or a higher "
+                         "--cf_temperature.")
     if not losses and loss_file and tf.io.gfile.exists(loss_file):  # every epoch was restored
         losses.extend(json.loads(tf.io.gfile.GFile(loss_file).read()))
         log(f"resuming stage 1 from epoch {config.epochs} ([{phase}] fit: all epochs restored "

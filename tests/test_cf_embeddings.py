@@ -372,3 +372,10 @@ def test_write_projector(tmp_path):
     with open(os.path.join(logdir, embedding.metadata_path)) as f:
         rows = f.read().splitlines()
     assert rows == ["item_id\tlabels\ttitle", "m1\tComedy|Drama\tA", "m3\tDrama\tC c"]
+
+
+def test_a_diverging_two_tower_stops_naming_stage_phase_and_step():
+    config = ce.TwoTowerConfig(**{**FAST, "learning_rate": 1e38, "epochs": 3})
+    with pytest.raises(SystemExit, match=r"stage 1 \[holdout\] fit: the loss became (nan|inf) "
+                       r"at training step \d+; stopped \(nothing was saved\)"):
+        ce.train_two_tower(planted_log(), CATALOGUE, config, log=lambda message: None)
