@@ -7,8 +7,10 @@
            explains their labels well get more weight.
 
 Non-uniform weights are clipped to the [25%, 75%] quantiles of the training
-items' weights and rescaled linearly to [1, 3]. Items without a vector get 0.
-Only training labels are used to fit the loss-based classifier.
+items' weights (for loss: of the labelled training items, the only ones whose loss
+is known; the others get their median) and rescaled linearly to
+[1, 3]. Items without a vector get 0. Only training labels are used to fit the
+loss-based classifier.
 """
 
 import numpy as np
@@ -57,6 +59,7 @@ def confidence_weights(kind, has_vector, interaction_counts=None, vectors=None, 
     train_with_vector = train_rows[has_vector[train_rows]]
     if kind == "sqrt":
         raw = np.sqrt(np.asarray(interaction_counts, np.float64))
+        reference = raw[train_with_vector]
     else:
         fit_rows = train_with_vector[labelled[train_with_vector]]
         if len(fit_rows) < 2:
@@ -67,5 +70,8 @@ def confidence_weights(kind, has_vector, interaction_counts=None, vectors=None, 
         known = np.zeros(len(raw), bool)
         known[fit_rows] = True
         raw = np.where(known, raw, np.median(raw[fit_rows]))
-    weights = clip_and_rescale(raw, raw[train_with_vector])
+        # Quantiles over the items whose loss is known: with few labels, the median-filled
+        # majority would make the 25% and 75% quantiles equal and every weight 2 (uniform).
+        reference = raw[fit_rows]
+    weights = clip_and_rescale(raw, reference)
     return np.where(has_vector, weights, 0.0).astype(np.float32)

@@ -38,6 +38,25 @@ def test_loss_based_weights_favour_items_whose_vector_explains_their_labels():
     assert weights[~noisy].mean() > weights[noisy].mean() + 0.5
 
 
+def test_loss_based_weights_stay_spread_when_few_training_items_are_labelled():
+    # 10% of labels: the quantiles come from the labelled items, so their weights still span
+    # [1, 3] (they collapsed to a constant 2, i.e. uniform, before); unlabelled items all get
+    # the weight of the median labelled item.
+    rng = np.random.default_rng(1)
+    n = 1000
+    labels = (rng.random((n, 3)) < 0.3).astype(np.float32)
+    labels[labels.sum(axis=1) == 0, 0] = 1
+    vectors = labels @ rng.normal(size=(3, 8)) + rng.normal(size=(n, 8))
+    labelled = np.arange(n) % 10 == 0
+    weights = confidence.confidence_weights("loss", np.ones(n, bool), vectors=vectors,
+                                            labels=labels, labelled=labelled,
+                                            train_rows=np.arange(n))
+    assert weights[labelled].min() == pytest.approx(1.0)
+    assert weights[labelled].max() == pytest.approx(3.0)
+    assert np.ptp(weights[~labelled]) == 0
+    assert weights[~labelled][0] == pytest.approx(np.median(weights[labelled]), abs=0.05)
+
+
 def test_unknown_kind_is_rejected():
     with pytest.raises(ValueError, match="uniform"):
         confidence.confidence_weights("popularity", np.ones(3, bool))
