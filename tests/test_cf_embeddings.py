@@ -376,6 +376,9 @@ def test_write_projector(tmp_path):
 
 def test_a_diverging_two_tower_stops_naming_stage_phase_and_step():
     config = ce.TwoTowerConfig(**{**FAST, "learning_rate": 1e38, "epochs": 3})
+    lines = []
     with pytest.raises(SystemExit, match=r"stage 1 \[holdout\] fit: the loss became (nan|inf) "
                        r"at training step \d+; stopped \(nothing was saved\)"):
-        ce.train_two_tower(planted_log(), CATALOGUE, config, log=lambda message: None)
+        ce.train_two_tower(planted_log(), CATALOGUE, config, log=lines.append)
+    # It stopped in the first epoch instead of training on for the other two.
+    assert not any("epoch 2/3" in line or "epoch 3/3" in line for line in lines), lines
