@@ -79,34 +79,35 @@ def sweep(results):
     return rows
 
 
-def _gain_and_p(r):
-    gain = f"{r['gain']:+.1f}% ± {r['gain_ci']:.1f}%" if "gain" in r else "—"
-    return gain, f"{r['p_value']:.3f}" if "p_value" in r else "—"
+def _table(header, rows, cells):
+    """A Markdown table: `header` columns, then one row per entry of `rows` whose first
+    columns are `cells(r)` and whose last two are the paired gain and its p-value."""
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for r in rows:
+        gain = f"{r['gain']:+.1f}% ± {r['gain_ci']:.1f}%" if "gain" in r else "—"
+        p_value = f"{r['p_value']:.3f}" if "p_value" in r else "—"
+        lines.append("| " + " | ".join([*cells(r), gain, p_value]) + " |")
+    return "\n".join(lines)
+
+
+GAIN_COLUMNS = ["gain vs image-only (paired)", "paired t-test p"]
 
 
 def _format_sweep(rows):
-    lines = ["| label ratio | arm | λ | seeds | validation mAP (chooses λ) | test macro mAP | "
-             "gain vs image-only (paired) | paired t-test p |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        gain, p_value = _gain_and_p(r)
-        mark = " (chosen)" if r["chosen"] else ""
-        lines.append(f"| {r['label_ratio']:g} | {r['arm']} | {r['cf_weight']:g}{mark} | "
-                     f"{r['seeds']} | {r['val_map']:.4f} | {r['map']:.4f} ± {r['map_ci']:.4f} "
-                     f"| {gain} | {p_value} |")
-    return "\n".join(lines)
+    return _table(
+        ["label ratio", "arm", "λ", "seeds", "validation mAP (chooses λ)", "test macro mAP",
+         *GAIN_COLUMNS], rows,
+        lambda r: [f"{r['label_ratio']:g}", r["arm"],
+                   f"{r['cf_weight']:g}" + (" (chosen)" if r["chosen"] else ""),
+                   f"{r['seeds']}", f"{r['val_map']:.4f}", f"{r['map']:.4f} ± {r['map_ci']:.4f}"])
 
 
 def _format(rows):
-    lines = ["| label ratio | arm | λ (on val) | seeds | test macro mAP | precision@1 | "
-             "gain vs image-only (paired) | paired t-test p |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        gain, p_value = _gain_and_p(r)
-        lines.append(f"| {r['label_ratio']:g} | {r['arm']} | {r['cf_weight']:g} | {r['seeds']} | "
-                     f"{r['map']:.4f} ± {r['map_ci']:.4f} | {r['p1']:.4f} ± {r['p1_ci']:.4f} | "
-                     f"{gain} | {p_value} |")
-    return "\n".join(lines)
+    return _table(
+        ["label ratio", "arm", "λ (on val)", "seeds", "test macro mAP", "precision@1",
+         *GAIN_COLUMNS], rows,
+        lambda r: [f"{r['label_ratio']:g}", r["arm"], f"{r['cf_weight']:g}", f"{r['seeds']}",
+                   f"{r['map']:.4f} ± {r['map_ci']:.4f}", f"{r['p1']:.4f} ± {r['p1_ci']:.4f}"])
 
 
 def _plots(rows, workdir):

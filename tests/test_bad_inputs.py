@@ -307,6 +307,14 @@ def test_embeddings_with_the_wrong_dimension_fail_with_the_line(tmp_path, text, 
 
 # --- Flags ------------------------------------------------------------------------------------
 
+def _train(tmp_path, *flags):
+    """`python -m cfimage.train` on the demo catalogue in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "cfimage.train", f"--workdir={tmp_path}/run", "--noexport",
+         *flags], capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+        env={**os.environ, "PYTHONPATH": os.path.abspath(ROOT)})
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--epochs=0"], "--epochs and --batch_size must be >= 1."),
     (["--batch_size=0"], "--epochs and --batch_size must be >= 1."),
@@ -318,10 +326,7 @@ def test_embeddings_with_the_wrong_dimension_fail_with_the_line(tmp_path, text, 
     (["--strategy=multi_worker"], "--strategy=multi_worker needs --cf_embeddings"),
 ])
 def test_contradictory_training_flags_fail_before_any_work(tmp_path, flags, message):
-    result = subprocess.run(
-        [sys.executable, "-m", "cfimage.train", f"--workdir={tmp_path}/run", "--noexport",
-         *flags], capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
-        env={**os.environ, "PYTHONPATH": os.path.abspath(ROOT)})
+    result = _train(tmp_path, *flags)
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "demo_catalogue").exists()  # stopped before the data
@@ -333,10 +338,7 @@ def test_contradictory_training_flags_fail_before_any_work(tmp_path, flags, mess
     (["--cf_epochs=0"], "epochs must be >= 1"),
 ])
 def test_out_of_range_stage1_flags_fail_before_stage1(tmp_path, flags, message):
-    result = subprocess.run(
-        [sys.executable, "-m", "cfimage.train", f"--workdir={tmp_path}/run", "--noexport",
-         "--demo_items=60", "--demo_users=20", *flags], capture_output=True, text=True,
-        timeout=300, cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": os.path.abspath(ROOT)})
+    result = _train(tmp_path, "--demo_items=60", "--demo_users=20", *flags)
     assert result.returncode != 0
     assert "cfimage: error: stage-1 flags" in result.stderr and message in result.stderr
     assert "Traceback" not in result.stderr and "stage 1: two-tower" not in result.stdout
