@@ -5,9 +5,12 @@ import os
 
 
 def write_text(path, text):
-    with open(path + ".tmp", "w") as f:
+    # The temporary name is per process: two workers writing the same file (every worker of
+    # a multi-worker run writes flags.txt) must not rename each other's temporary away.
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
         f.write(text)
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
 
 
 def write_json(path, value):
@@ -16,6 +19,6 @@ def write_json(path, value):
 
 def save_weights(model, path):
     """Keras save_weights through a temporary file (the name must end in .weights.h5)."""
-    tmp = path.replace(".weights.h5", ".tmp.weights.h5")
+    tmp = path.replace(".weights.h5", f".tmp-{os.getpid()}.weights.h5")
     model.save_weights(tmp)
     os.replace(tmp, path)

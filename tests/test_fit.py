@@ -64,3 +64,19 @@ def test_healthy_fit_writes_history_and_removes_its_backup(tmp_path):
     path = str(tmp_path / "w.weights.h5")
     atomic.save_weights(model, path)
     assert os.path.isfile(path) and not os.path.exists(path.replace(".weights", ".tmp.weights"))
+
+
+def test_atomic_writes_of_two_processes_to_one_file_do_not_collide(tmp_path):
+    # Every worker of a multi-worker run writes <workdir>/flags.txt; with a shared temporary
+    # name one worker renamed the other's away and crashed (found in a clean-clone CI run).
+    import subprocess
+    import sys
+    script = ("import sys; from cfimage import atomic\n"
+              "for i in range(300): atomic.write_text(sys.argv[1], f'{i}\\n')")
+    root = os.path.join(os.path.dirname(__file__), "..")
+    writers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "flags.txt")],
+                                env={**os.environ, "PYTHONPATH": os.path.abspath(root)},
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for writer in writers:
+        assert writer.wait(timeout=120) == 0, writer.stderr.read()[-2000:]
+    assert os.listdir(tmp_path) == ["flags.txt"]
