@@ -138,7 +138,7 @@ def main(argv):
     unknown = sorted(set(FLAGS.arms) - set(ARMS))
     if unknown:
         raise app.UsageError(f"unknown arm(s) {unknown}; choose from {sorted(ARMS)}")
-    from cfimage import report
+    from cfimage.experiments import report
 
     workdir = os.path.abspath(FLAGS.workdir)
     os.makedirs(workdir, exist_ok=True)

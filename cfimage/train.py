@@ -13,7 +13,6 @@ cfimage/train_flags.py.
 import contextlib
 import json
 import os
-import shutil
 import time
 
 import cfimage  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
@@ -34,12 +33,19 @@ def main(argv):
     import pandas as pd
     import tensorflow as tf
 
-    from cfimage import catalogue as catalogue_lib
-    from cfimage import atomic, cf_embeddings, cf_stream, confidence, data, demo, export, fit
-    from cfimage import losses
-    from cfimage import model as model_lib
-    from cfimage.callbacks import SelectByValidationMAP
-    from cfimage.metrics import evaluate_scores
+    from cfimage.catalogue import reader as catalogue_lib
+    from cfimage import atomic
+    from cfimage.errors import UserError
+    from cfimage.stage1 import pipeline, scan, two_tower
+    from cfimage.stage2 import confidence
+    from cfimage.stage2 import data
+    from cfimage.catalogue import demo
+    from cfimage.serving import export
+    from cfimage.stage2 import fit
+    from cfimage.stage2 import losses
+    from cfimage.stage2 import model as model_lib
+    from cfimage.stage2.callbacks import SelectByValidationMAP
+    from cfimage.stage2.metrics import evaluate_scores
 
     model_name = FLAGS.model_name or (
         os.path.basename(os.path.normpath(FLAGS.catalogue)) if FLAGS.catalogue
@@ -61,7 +67,8 @@ def main(argv):
 
     # Stage 2's strategy. multi_worker must exist before TensorFlow runs any op. Only the
     # chief writes the run's outputs; other workers write under <workdir>/workertemp_*.
-    from cfimage import distribute, tfrecords
+    from cfimage.stage2 import distribute
+    from cfimage.stage2 import tfrecords
     if FLAGS.strategy == "multi_worker" and not (FLAGS.cf_embeddings or FLAGS.stage1_only):
         fail("--strategy=multi_worker needs --cf_embeddings: stage 1 (TFRS) runs in one "
              "process; run it first with --stage1_only and pass its cf_embeddings.npz "
@@ -96,9 +103,9 @@ def main(argv):
         min_label_count=FLAGS.min_label_count, ignore_labels=tuple(FLAGS.ignore_labels),
         unknown_interaction_items=FLAGS.unknown_interaction_items)
     try:
-        # A large or sharded log is streamed by stage 1 (cf_stream), never loaded into pandas.
-        stream, stream_why = cf_stream.should_stream(FLAGS.stream_interactions, root,
-                                                     FLAGS.interactions_file)
+        # A large or sharded log is streamed by stage 1 (cfimage/stage1), never loaded into pandas.
+        stream, stream_why = pipeline.should_stream(FLAGS.stream_interactions, root,
+                                                    FLAGS.interactions_file)
         catalogue = catalogue_lib.load_catalogue(root, spec, interactions=not stream)
     except catalogue_lib.CatalogueError as error:
         fail(str(error))
@@ -129,9 +136,7 @@ def main(argv):
     multi_label = catalogue.multi_label if FLAGS.task == "auto" else FLAGS.task == "multi_label"
 
     # --- Stage 1: collaborative item embeddings --------------------------------
-    cf_path = os.path.join(workdir, "cf_embeddings.npz")
-    cf_state = os.path.join(workdir, "cf_stage1.json")
-    stage1_config = cf_embeddings.TwoTowerConfig(
+    stage1_config = two_tower.TwoTowerConfig(
         embedding_dim=FLAGS.cf_dim, holdout_fraction=FLAGS.cf_holdout,
         recall_k=FLAGS.cf_recall_k, min_interactions=FLAGS.cf_min_interactions,
         seed=FLAGS.seed)
@@ -143,80 +148,21 @@ def main(argv):
         stage1_config.validate()  # before any work: out-of-range --cf_* flags
     except ValueError as error:
         fail(f"stage-1 flags (--cf_dim, --cf_holdout, --cf_epochs, ...): {error}")
-    stage1_key = {"config": repr(stage1_config), "catalogue": catalogue.root,
-                  "source": FLAGS.cf_embeddings}
-    if stream:  # a different held-out split and evaluation: not interchangeable
-        stage1_key.update(stream=True, interactions=FLAGS.interactions_file,
-                          shuffle_buffer=FLAGS.cf_shuffle_buffer)
-    stream_config = cf_stream.StreamConfig(shuffle_buffer=FLAGS.cf_shuffle_buffer)
-    # A killed stage 1 resumes from this backup (last completed epoch, held-out metrics); it
-    # is removed once cf_embeddings.npz and cf_stage1.json are written.
-    stage1_backup = os.path.join(workdir, "stage1_backup")
-    stage1_metrics, log_summary = {}, None
-
-    def scan_log():
-        try:
-            summary = cf_stream.scan_interactions(
-                cf_stream.interaction_files(root, FLAGS.interactions_file), spec, listed_ids,
-                stage1_config, stream_config, log=log)
-        except catalogue_lib.CatalogueError as error:
-            fail(str(error))
-        for note in summary.notes:
-            log(note)
-        return summary
-    if FLAGS.cf_embeddings:
-        log(f"stage 1 skipped: CF vectors from {FLAGS.cf_embeddings}")
-        try:
-            ids, vectors = cf_embeddings.load_embeddings(FLAGS.cf_embeddings)
-            vectors, has_vector = cf_embeddings.align_embeddings(
-                catalogue.item_ids, ids, vectors, FLAGS.cf_embeddings, log=log)
-        except ValueError as error:
-            fail(str(error))
-    elif os.path.isfile(cf_state) and json.load(open(cf_state)).get("key") == stage1_key:
-        log(f"stage 1 already done in this workdir: reusing {cf_path}")
-        stage1_metrics = json.load(open(cf_state))["metrics"]
-        ids, vectors = cf_embeddings.load_embeddings(cf_path)
-        vectors, has_vector = cf_embeddings.align_embeddings(catalogue.item_ids, ids, vectors,
-                                                             cf_path, log=log)
-    else:
-        backup_key = os.path.join(stage1_backup, "key.json")
-        if os.path.isdir(stage1_backup) and (not os.path.isfile(backup_key)
-                                             or json.load(open(backup_key)) != stage1_key):
-            log(f"stage 1: settings differ from the interrupted run's; removing {stage1_backup}")
-            shutil.rmtree(stage1_backup)
-        os.makedirs(stage1_backup, exist_ok=True)
-        atomic.write_json(backup_key, stage1_key)
-        tensorboard_dir = os.path.join(workdir, "tensorboard", "stage1")
-        if stream:
-            log(f"stage 1: two-tower retrieval model (TFRS), streaming the interactions "
-                f"({stream_why}; --stream_interactions={FLAGS.stream_interactions})")
-            log_summary = scan_log()
-            result = cf_stream.train_two_tower_stream(
-                log_summary, catalogue.item_ids, stage1_config, stream_config, log=log,
-                tensorboard_dir=tensorboard_dir, backup_dir=stage1_backup)
-        else:
-            log(f"stage 1: two-tower retrieval model (TFRS) on {len(catalogue.interactions)} "
-                "interactions")
-            result = cf_embeddings.train_two_tower(
-                catalogue.interactions, catalogue.item_ids, stage1_config, log=log,
-                tensorboard_dir=tensorboard_dir, backup_dir=stage1_backup)
-        vectors, has_vector, stage1_metrics = result.vectors, result.has_vector, result.metrics
-        cf_embeddings.save_embeddings(cf_path, catalogue.item_ids[has_vector],
-                                      vectors[has_vector])
-        np.savez(os.path.join(workdir, "user_embeddings.npz"), ids=result.user_ids,
-                 vectors=result.user_vectors)
-        atomic.write_json(cf_state, {"key": stage1_key, "metrics": stage1_metrics})
-        shutil.rmtree(stage1_backup)
-    cf_embeddings.write_projector(
-        os.path.join(outdir, "tensorboard", "embeddings"), catalogue.item_ids[has_vector],
-        vectors[has_vector],
-        [{"item_id": i, "labels": "|".join(n for n, on in zip(catalogue.label_names, row) if on)}
-         for i, row in zip(catalogue.item_ids[has_vector], catalogue.labels[has_vector])])
+    stream_config = scan.StreamConfig(shuffle_buffer=FLAGS.cf_shuffle_buffer)
+    try:
+        stage1 = pipeline.run_stage1(
+            catalogue, spec, listed_ids, stage1_config, stream_config, workdir, outdir,
+            cf_embeddings=FLAGS.cf_embeddings, streaming=stream,
+            stream_why=f"{stream_why}; --stream_interactions={FLAGS.stream_interactions}",
+            log=log)
+    except UserError as error:
+        fail(str(error))
+    vectors, has_vector, stage1_metrics = stage1.vectors, stage1.has_vector, stage1.metrics
     cf_targets, cf_scaling = data.scale_cf_targets(vectors, has_vector, FLAGS.cf_target_scale)
     log(f"CF targets: {int(has_vector.sum())}/{catalogue.num_items} items have a vector "
         f"(dim {vectors.shape[1]}); the others are masked in the CF loss")
     if FLAGS.stage1_only:
-        log(f"--stage1_only: stopping after stage 1 ({cf_path})")
+        log(f"--stage1_only: stopping after stage 1 ({stage1.source})")
         return
 
     # --- Split and label masking -----------------------------------------------
@@ -233,9 +179,11 @@ def main(argv):
     train_rows = splits["train"]
     counts = None
     if FLAGS.cf_confidence == "sqrt":  # interactions per item; a streamed log is scanned once
-        counts = (catalogue.interactions.item_id.value_counts() if not stream else
-                  (log_summary or scan_log()).item_counts)
-        counts = counts.reindex(catalogue.item_ids, fill_value=0).to_numpy()
+        try:
+            counts = pipeline.interactions_per_item(catalogue, stage1, spec, listed_ids,
+                                                    stage1_config, stream_config, log=log)
+        except UserError as error:
+            fail(str(error))
     weights = confidence.confidence_weights(
         FLAGS.cf_confidence, has_vector, interaction_counts=counts,
         vectors=vectors, labels=catalogue.labels, labelled=labelled, train_rows=train_rows,

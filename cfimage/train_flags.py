@@ -46,8 +46,8 @@ flags.DEFINE_integer("cf_recall_k", 10, "k of the held-out recall@k report.")
 flags.DEFINE_integer("cf_min_interactions", 1, "Items with fewer interactions get no CF vector "
                      "(their CF loss is masked).")
 flags.DEFINE_enum("stream_interactions", "auto", ["auto", "true", "false"],
-                  "Stage 1 streams the interactions with tf.data (cfimage/cf_stream.py) instead "
-                  "of loading them into pandas: for logs larger than memory. "
+                  "Stage 1 streams the interactions with tf.data (cfimage/stage1/stream.py) "
+                  "instead of loading them into pandas: for logs larger than memory. "
                   "--interactions_file may then be a glob or a gs:// path (shards with one "
                   "header). auto: stream when it matches several files or over 256 MB.")
 flags.DEFINE_integer("cf_shuffle_buffer", 200_000, "Streaming stage 1: rows in the training "
@@ -78,7 +78,7 @@ flags.DEFINE_enum("arm", "multitask", ["multitask", "two_stage", "contrastive"],
                   "loss on the CF head (positive = nearest CF neighbour).")
 flags.DEFINE_enum("cf_confidence", "uniform", ["uniform", "sqrt", "loss"],
                   "Per-item weights of the CF loss: uniform, sqrt(#interactions), or "
-                  "loss-based (see cfimage/confidence.py).")
+                  "loss-based (see cfimage/stage2/confidence.py).")
 flags.DEFINE_integer("pretrain_epochs", 5, "two_stage: epochs of CF-only pre-training.")
 flags.DEFINE_float("triplet_margin", 0.25, "contrastive: triplet margin (mean squared units).")
 flags.DEFINE_float("label_ratio", 1.0, "Share of training items that keep their labels.")
@@ -92,8 +92,8 @@ flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA (auto: 
 
 # --- Scale: distribution strategy and input from TFRecords ---------------------
 flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker", "tpu"],
-                  "Stage-2 tf.distribute strategy (cfimage/distribute.py). auto: mirrored on "
-                  ">1 GPU, else none. multi_worker reads TF_CONFIG. --batch_size is per "
+                  "Stage-2 tf.distribute strategy (cfimage/stage2/distribute.py). auto: mirrored "
+                  "on >1 GPU, else none. multi_worker reads TF_CONFIG. --batch_size is per "
                   "replica; the learning rate scales with the replicas.")
 flags.DEFINE_string("tpu", "", "--strategy=tpu: TPU name or grpc:// address ('' = local).")
 flags.DEFINE_string("tfrecords", None, "Stage 2 reads images from these TFRecord shards "

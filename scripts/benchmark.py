@@ -11,10 +11,10 @@ generated (--demo_items items, 64 px PNGs). What is measured, each after a warm-
                    uncached (every image decoded and resized again) vs cached (uint8 in RAM)
   input wait       share of a training step spent waiting for the next batch: a loop of
                    model.train_on_batch, timing next(iterator) apart from the step
-  training         model.fit images/s of the real model and losses (cfimage/fit.py),
+  training         model.fit images/s of the real model and losses (cfimage/stage2/fit.py),
                    image-only (λ = 0) vs multitask (λ = 2), and their ratio; --rounds
                    alternating rounds of --steps steps, the best round of each counts
-  two-tower        cf_embeddings.train_two_tower on the catalogue's interactions (no holdout):
+  two-tower        two_tower.train_two_tower on the catalogue's interactions (no holdout):
                    interactions x epochs / seconds of the fit (tracing included)
   inference        the exported SavedModel's serving_default signature (encoded image bytes
                    in, decode/resize in the graph), loaded with tf.saved_model.load
@@ -35,10 +35,15 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from cfimage import catalogue as catalogue_lib
-from cfimage import cf_embeddings, data, demo, export, fit, losses
-from cfimage import model as model_lib
-from cfimage.callbacks import StepTimer
+from cfimage.catalogue import reader as catalogue_lib
+from cfimage.stage1 import two_tower
+from cfimage.stage2 import data
+from cfimage.catalogue import demo
+from cfimage.serving import export
+from cfimage.stage2 import fit
+from cfimage.stage2 import losses
+from cfimage.stage2 import model as model_lib
+from cfimage.stage2.callbacks import StepTimer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("backbone", "efficientnet_b0", "Backbone (as train.py's --backbone).")
@@ -196,10 +201,10 @@ def main(argv):
         results["gpu_note"] = "no GPU: float32 vs mixed precision and XLA off vs on skipped"
 
     # --- Stage 1: the two-tower model ----------------------------------------------------------
-    config = cf_embeddings.TwoTowerConfig(embedding_dim=FLAGS.cf_dim, epochs=FLAGS.cf_epochs,
-                                          holdout_fraction=0.0, svd_baseline=False)
-    result = cf_embeddings.train_two_tower(catalogue.interactions, catalogue.item_ids, config,
-                                           log=lambda message: None)
+    config = two_tower.TwoTowerConfig(embedding_dim=FLAGS.cf_dim, epochs=FLAGS.cf_epochs,
+                                      holdout_fraction=0.0, svd_baseline=False)
+    result = two_tower.train_two_tower(catalogue.interactions, catalogue.item_ids, config,
+                                       log=lambda message: None)
     n = len(catalogue.interactions)
     row(f"two-tower training ({n:,} interactions x {FLAGS.cf_epochs} epochs)",
         n * FLAGS.cf_epochs / result.metrics["full_fit_seconds"], "interactions/s",

@@ -21,8 +21,8 @@ import keras
 import numpy as np
 from absl import app, flags
 
-from cfimage.callbacks import StepTimer
-from cfimage.lite import efficientnet_lite
+from cfimage.stage2.callbacks import StepTimer
+from cfimage.stage2.lite import efficientnet_lite
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("image_size", 128, "Square input size of both backbones.")

@@ -1,4 +1,5 @@
-r"""Writes a catalogue as sharded TFRecords of decoded, resized images (cfimage/tfrecords.py).
+r"""Writes a catalogue as sharded TFRecords of decoded, resized images
+(cfimage/stage2/tfrecords.py).
 
     python scripts/make_tfrecords.py --catalogue=/data/my_shop --image_size=224 \
         --num_shards=64 --out=gs://my-bucket/my_shop_224
@@ -20,8 +21,10 @@ import cfimage  # noqa: F401  (sets the environment before TensorFlow is importe
 import numpy as np
 from absl import app, flags
 
-from cfimage import catalogue as catalogue_lib
-from cfimage import cf_io, data, tfrecords
+from cfimage.catalogue import reader as catalogue_lib
+from cfimage.stage1 import embedding_files
+from cfimage.stage2 import data
+from cfimage.stage2 import tfrecords
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("catalogue", None, "Catalogue directory (items.csv, interactions.csv).",
@@ -50,9 +53,9 @@ def main(argv):
     print(catalogue_lib.describe(catalogue), flush=True)
     n = catalogue.num_items
     if FLAGS.cf_embeddings:
-        ids, vectors = cf_io.load_embeddings(FLAGS.cf_embeddings)
-        vectors, has_vector = cf_io.align_embeddings(catalogue.item_ids, ids, vectors,
-                                                     FLAGS.cf_embeddings)
+        ids, vectors = embedding_files.load_embeddings(FLAGS.cf_embeddings)
+        vectors, has_vector = embedding_files.align_embeddings(catalogue.item_ids, ids, vectors,
+                                                               FLAGS.cf_embeddings)
         cf_targets, _ = data.scale_cf_targets(vectors, has_vector, FLAGS.cf_target_scale)
     else:
         has_vector = np.zeros(n, bool)

@@ -10,7 +10,7 @@ and the catalogue = items.csv movieIds (genres from items.csv, IMAX dropped):
   1. `train_two_tower` with the default TwoTowerConfig (or the overrides given by flags):
      held-out recall@10 of the two-tower, truncated SVD and popularity, then the refit on all
      ratings;
-  2. a genre probe (cf_baselines.genre_probe: one-vs-rest logistic regression, seeded 70/30 item
+  2. a genre probe (baselines.genre_probe: one-vs-rest logistic regression, seeded 70/30 item
      split, test macro mAP) on the two-tower item vectors, on truncated-SVD item factors of the
      whole log, and on random vectors;
   3. optionally (--svd_ranks) held-out recall of the SVD baseline for several ranks, and
@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 from absl import app, flags
 
-from cfimage import cf_baselines
-from cfimage import cf_embeddings as ce
+from cfimage.stage1 import baselines
+from cfimage.stage1 import two_tower as ce
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", "../shared/data/movielens_posters",
@@ -85,14 +85,14 @@ def svd_rank_sweep(interactions, config, ranks):
     users = np.array(sorted(fitted["user_id"].unique()))
     items = np.array(sorted(fitted["item_id"].unique()))
     eval_users, known_items, heldout_items = ce.holdout_lists(known, heldout, items)
-    matrix = cf_baselines.binary_matrix(
+    matrix = baselines.binary_matrix(
         fitted["user_id"].map({u: i for i, u in enumerate(users)}),
         fitted["item_id"].map({m: j for j, m in enumerate(items)}), len(users), len(items))
     rows = np.searchsorted(users, eval_users)
     out = []
     for rank in ranks:
         start = time.time()
-        user_factors, item_factors = cf_baselines.svd_factors(matrix, rank, config.seed)
+        user_factors, item_factors = baselines.svd_factors(matrix, rank, config.seed)
         recall = ce.recall_at_k(lambda r: user_factors[rows[r]] @ item_factors.T,
                                 known_items, heldout_items, config.recall_k)
         out.append({"svd_rank": rank, f"svd_recall@{config.recall_k}": recall,
@@ -134,10 +134,10 @@ def main(argv):
         keep = result.has_vector & labels.any(axis=1)
         log_items = np.array(sorted(interactions["item_id"].unique()))
         users = np.array(sorted(interactions["user_id"].unique()))
-        matrix = cf_baselines.binary_matrix(
+        matrix = baselines.binary_matrix(
             np.searchsorted(users, interactions["user_id"]),
             np.searchsorted(log_items, interactions["item_id"]), len(users), len(log_items))
-        _, svd_items = cf_baselines.svd_factors(matrix, config.svd_rank, config.seed)
+        _, svd_items = baselines.svd_factors(matrix, config.svd_rank, config.seed)
         svd_vectors = svd_items[np.searchsorted(log_items, result.item_ids[keep])]
         random_vectors = np.random.default_rng(config.seed).normal(
             size=(int(keep.sum()), config.embedding_dim))
@@ -147,7 +147,7 @@ def main(argv):
         for name, vectors in [("two-tower", result.vectors[keep]),
                               (f"SVD factors (rank {svd_items.shape[1]})", svd_vectors),
                               ("random", random_vectors)]:
-            probes[name] = cf_baselines.genre_probe(vectors, labels[keep], seed=config.seed)
+            probes[name] = baselines.genre_probe(vectors, labels[keep], seed=config.seed)
             print(f"| {name} | {vectors.shape[1]} | {probes[name]['map']:.3f} |", flush=True)
         results.update({"metrics": m, "seconds": seconds, "probe": probes})
 

@@ -6,7 +6,7 @@ r"""Writes a catalogue with a large synthetic interaction log, to measure stream
         --cf_epochs=1 --stream_interactions=true --workdir=/tmp/big_run
 
 (from the repository root with cfimage installed). Items and images are the demo catalogue's
-(cfimage/demo.py, 32 px); the log replaces its interactions.csv. Each user likes one of
+(cfimage/catalogue/demo.py, 32 px); the log replaces its interactions.csv. Each user likes one of
 --groups item groups (item i is in group i % groups) and draws 80% of their rows from it,
 the rest by global popularity, so recall@k has a planted signal. Rows are in random order
 (as a shuffled export would be); --shards > 1 writes interactions-00000-of-N.csv ... instead.
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from absl import app, flags
 
-from cfimage import demo
+from cfimage.catalogue import demo
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Catalogue directory to write.", required=True)

@@ -12,7 +12,7 @@ SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "dat
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
     """A 120-item demo catalogue (generated, deterministic)."""
-    from cfimage import demo
+    from cfimage.catalogue import demo
     root = tmp_path_factory.mktemp("demo")
     return demo.make_demo_catalogue(str(root), seed=3, num_items=120, num_users=60,
                                     image_size=32)
@@ -20,7 +20,7 @@ def tiny_demo(tmp_path_factory):
 
 def write_catalogue(root, items, interactions, images=()):
     """Writes a hand-made catalogue: `items`/`interactions` are CSV texts."""
-    from cfimage import demo
+    from cfimage.catalogue import demo
     import numpy as np
     os.makedirs(os.path.join(root, "images"), exist_ok=True)
     for name in images:

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cfimage import catalogue as catalogue_lib
-from cfimage import cf_io, data
+from cfimage.catalogue import reader as catalogue_lib
+from cfimage.stage1 import embedding_files
+from cfimage.stage2 import data
 from conftest import write_catalogue
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -283,13 +284,14 @@ def test_image_claiming_more_pixels_than_the_limit_is_refused_before_decoding(tm
 def test_embeddings_for_unknown_ids_are_ignored_and_counted():
     messages = []
     ids = np.array(["a", "zz1", "zz2"])
-    aligned, has_vector = cf_io.align_embeddings(["a", "b"], ids, np.ones((3, 2)), "v.csv",
-                                                 log=messages.append)
+    aligned, has_vector = embedding_files.align_embeddings(
+        ["a", "b"], ids, np.ones((3, 2)), "v.csv", log=messages.append)
     np.testing.assert_array_equal(has_vector, [True, False])
     assert messages == ["v.csv: vectors for 1/2 catalogue items; 2 ids in the file are not in "
                         "the catalogue and were ignored"]
     with pytest.raises(ValueError, match="v.csv: none of the 2 catalogue items has a vector"):
-        cf_io.align_embeddings(["b", "c"], ids, np.ones((3, 2)), "v.csv", log=messages.append)
+        embedding_files.align_embeddings(["b", "c"], ids, np.ones((3, 2)), "v.csv",
+                                         log=messages.append)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -301,7 +303,7 @@ def test_embeddings_with_the_wrong_dimension_fail_with_the_line(tmp_path, text, 
     path = tmp_path / "v.csv"
     path.write_text(text)
     with pytest.raises(ValueError, match=re.escape(message)) as error:
-        cf_io.load_embeddings(path)
+        embedding_files.load_embeddings(path)
     assert str(error.value).startswith(str(path))
 
 

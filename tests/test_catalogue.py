@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cfimage import catalogue as catalogue_lib
+from cfimage.catalogue import reader as catalogue_lib
 from conftest import write_catalogue
 
 IMAGES = ("images/a.png", "images/b.png", "images/c.png")

@@ -1,10 +1,10 @@
-"""Tests for the stage-1 reference points (cfimage.cf_baselines)."""
+"""Tests for the stage-1 reference points (cfimage.stage1.baselines)."""
 
 import numpy as np
 import pytest
 
-from cfimage import cf_baselines as cb
-from cfimage import cf_embeddings as ce
+from cfimage.stage1 import baselines as cb
+from cfimage.stage1 import two_tower as ce
 
 from test_cf_embeddings import planted_log
 

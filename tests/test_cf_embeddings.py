@@ -1,4 +1,5 @@
-"""Tests for stage 1 (cfimage.cf_embeddings) and its file I/O (cfimage.cf_io)."""
+"""Tests for stage 1 (cfimage.stage1.two_tower) and its file I/O
+(cfimage.stage1.embedding_files)."""
 
 import dataclasses
 import glob
@@ -8,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cfimage import cf_embeddings as ce
+from cfimage.stage1 import two_tower as ce
 
 import tensorflow as tf  # noqa: E402  (after cfimage, which selects Keras 2 for TFRS)
 from google.protobuf import text_format  # noqa: E402

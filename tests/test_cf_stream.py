@@ -1,4 +1,4 @@
-"""Streaming stage 1 (cfimage.cf_stream): the scan agrees with the in-memory catalogue, the fit
+"""Streaming stage 1 (cfimage.stage1.stream): the scan agrees with the in-memory catalogue, the fit
 is the in-memory fit, planted structure is found, bad rows fail like catalogue.py's."""
 
 import dataclasses
@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cfimage import catalogue as catalogue_lib
-from cfimage import cf_embeddings as ce
-from cfimage import cf_stream
+from cfimage.catalogue import reader as catalogue_lib
+from cfimage.stage1 import two_tower as ce
+from cfimage.stage1 import stream as cf_stream
 from conftest import write_catalogue
 from test_cf_embeddings import CATALOGUE, FAST, planted_log
 

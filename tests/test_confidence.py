@@ -3,7 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from cfimage import confidence, data, losses
+from cfimage.stage2 import confidence
+from cfimage.stage2 import data
+from cfimage.stage2 import losses
 
 
 def test_clip_and_rescale_maps_the_interquartile_range_to_1_3():

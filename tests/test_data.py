@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cfimage import catalogue as catalogue_lib
-from cfimage import data
+from cfimage.catalogue import reader as catalogue_lib
+from cfimage.stage2 import data
 
 
 def test_split_is_seeded_disjoint_and_keeps_unlabelled_items_in_train():

@@ -3,8 +3,8 @@ import os
 
 import numpy as np
 
-from cfimage import catalogue as catalogue_lib
-from cfimage import demo
+from cfimage.catalogue import reader as catalogue_lib
+from cfimage.catalogue import demo
 
 
 def test_demo_catalogue_is_deterministic_and_valid(tmp_path):

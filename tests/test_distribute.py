@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cfimage import demo, distribute
+from cfimage.catalogue import demo
+from cfimage.stage2 import distribute
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cfimage import data, export
-from cfimage import model as model_lib
+from cfimage.stage2 import data
+from cfimage.serving import export
+from cfimage.stage2 import model as model_lib
 
 SIZE = (40, 32)
 

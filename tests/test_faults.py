@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cfimage import export, fit, losses
-from cfimage.callbacks import SelectByValidationMAP
+from cfimage.serving import export
+from cfimage.stage2 import fit
+from cfimage.stage2 import losses
+from cfimage.stage2.callbacks import SelectByValidationMAP
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 SIZE = (32, 32)
@@ -64,7 +66,7 @@ def test_export_interrupted_in_process_leaves_no_partial_version(tmp_path, monke
 KILLED_EXPORT = TINY_MODEL + textwrap.dedent("""
     import os, signal, sys
     import tensorflow as tf
-    from cfimage import export
+    from cfimage.serving import export
     def killed(*args, **kwargs):  # SIGKILL half-way: the SavedModel is written, assets not
         os.kill(os.getpid(), signal.SIGKILL)
     tf.io.TFRecordWriter = killed

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cfimage import atomic, fit, losses
+from cfimage import atomic
+from cfimage.stage2 import fit
+from cfimage.stage2 import losses
 
 
 def _tiny_model():

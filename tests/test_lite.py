@@ -1,4 +1,4 @@
-"""Tests of cfimage.lite: architecture, weight files, and the PyTorch -> Keras conversion."""
+"""Tests of cfimage.stage2.lite: architecture, weight files, and the PyTorch -> Keras conversion."""
 
 import glob
 import importlib
@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from cfimage import lite
+from cfimage.stage2 import lite
 
 POSTERS = "/work/shared/data/movielens_posters/posters/ml1m"
 # ImageNet classes that movie posters tend to fall into (a sanity print, not an assert).
@@ -45,7 +45,8 @@ def _images(size, count=8):
 
 
 def _block_torch_import(monkeypatch):
-    """Makes cfimage.lite's lazy `importlib.import_module("torch")` fail as if not installed."""
+    """Makes cfimage.stage2.lite's lazy `importlib.import_module("torch")` fail as if not
+    installed."""
     real_import = importlib.import_module
 
     def import_without_torch(module, *args, **kwargs):

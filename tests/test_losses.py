@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from cfimage import losses
+from cfimage.stage2 import losses
 
 
 def test_masked_weighted_bce_by_hand():

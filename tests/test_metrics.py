@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cfimage.metrics import evaluate_scores
+from cfimage.stage2.metrics import evaluate_scores
 
 
 def test_map_and_precision_at_1_by_hand():

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from cfimage import model as model_lib
+from cfimage.stage2 import model as model_lib
 
 
 def test_multitask_model_has_named_float32_heads():

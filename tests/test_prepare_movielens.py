@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from cfimage.catalogue import CatalogueSpec, load_catalogue
+from cfimage.catalogue.reader import CatalogueSpec, load_catalogue
 from test_prepare_common import SCRIPTS, png_bytes
 
 if SCRIPTS not in sys.path:

@@ -11,9 +11,11 @@ import tensorflow as tf
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cfimage import catalogue as catalogue_lib
-from cfimage import data, demo, export
-from cfimage import model as model_lib
+from cfimage.catalogue import reader as catalogue_lib
+from cfimage.stage2 import data
+from cfimage.catalogue import demo
+from cfimage.serving import export
+from cfimage.stage2 import model as model_lib
 
 # Modest example counts keep the file under a minute on 2 CPU cores; search harder with
 # e.g. CFIMAGE_HYPOTHESIS_SCALE=20.

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from cfimage import data, demo
+from cfimage.stage2 import data
+from cfimage.catalogue import demo
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 

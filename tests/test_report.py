@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from cfimage import experiment, report
+from cfimage import experiment
+from cfimage.experiments import report
 
 
 def _results():

@@ -17,8 +17,9 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from cfimage import data, export
-from cfimage import model as model_lib
+from cfimage.stage2 import data
+from cfimage.serving import export
+from cfimage.stage2 import model as model_lib
 
 SIZE = (40, 32)
 LABELS = ["cat", "dog", "fish"]

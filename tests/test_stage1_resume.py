@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from cfimage import demo
+from cfimage.catalogue import demo
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 EPOCHS = 12

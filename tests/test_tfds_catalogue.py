@@ -1,4 +1,4 @@
-"""cfimage/tfds_catalogue.py: build a TFDS dataset from a tiny catalogue and read it back."""
+"""cfimage/catalogue/tfds_builder.py: build a TFDS dataset from a tiny catalogue, read it back."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ from PIL import Image
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from cfimage import tfds_catalogue  # noqa: E402,F401  (registers "cfimage_catalogue")
+from cfimage.catalogue import tfds_builder  # noqa: E402,F401  (registers "cfimage_catalogue")
 
 
 def _catalogue(root):
@@ -45,7 +45,7 @@ def test_builds_and_reads_back(tmp_path):
 
 
 def test_bad_catalogue_fails_with_the_catalogue_error(tmp_path):
-    from cfimage.catalogue import CatalogueError
+    from cfimage.catalogue.reader import CatalogueError
     manual_dir = _catalogue(tmp_path / "catalogue")
     (manual_dir / "items.csv").write_text("item_id,image,labels\na,images/missing.jpg,x\n")
     builder = tfds.builder("cfimage_catalogue", data_dir=str(tmp_path / "tfds"))

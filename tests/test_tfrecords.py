@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cfimage import catalogue as catalogue_lib
-from cfimage import data, demo, tfrecords
+from cfimage.catalogue import reader as catalogue_lib
+from cfimage.stage2 import data
+from cfimage.catalogue import demo
+from cfimage.stage2 import tfrecords
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 IMAGE_SIZE = (32, 24)  # not square: catches a height/width swap

@@ -1,17 +1,17 @@
 """Stage 1 on an interaction log too large for one pandas frame: tf.data over CSV files.
 
-The in-memory path (cfimage.catalogue + cf_embeddings.train_two_tower) holds the whole log in
+The in-memory path (cfimage.catalogue.reader + two_tower.train_two_tower) holds the whole log in
 pandas, a few times over. This path never does; memory grows with the number of distinct users
 and items, not with the number of rows:
 
-  1. `scan_interactions` (cfimage/cf_scan.py): one pass over the files (a path or glob, local
+  1. `scan_interactions` (cfimage/stage1/scan.py): one pass over the files (a path or glob, local
      or gs://) in pandas chunks that validates every row as catalogue.py does and counts what
      training needs (user vocabulary, per-item counts, weight sums), plus every row of a
      bounded, hash-chosen sample of users for recall@k.
   2. `train_two_tower_stream`: the held-out fit and the full refit of train_two_tower, each
      reading the files again with tf.data (read -> decode a block of lines -> filter -> shuffle
      -> batch -> prefetch) into the same model, loss, logQ correction and defaults
-     (cf_embeddings.fit_dataset).
+     (two_tower.fit_dataset).
 
 The held-out split differs from the in-memory one: a pair (user, item) is held out when a
 seeded hash of it falls below holdout_fraction, so no per-user shuffle needs memory. The share
@@ -25,8 +25,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from cfimage import cf_embeddings, cf_evaluation
-from cfimage.cf_scan import (  # noqa: F401  (re-exported: the streaming API in one place)
+from cfimage.stage1 import two_tower
+from cfimage.stage1 import holdout
+from cfimage.stage1.scan import (  # noqa: F401  (re-exported: the streaming API in one place)
     STREAM_AUTO_BYTES, LogSummary, Phase, StreamConfig, heldout_mask, interaction_files,
     scan_interactions, should_stream)
 
@@ -79,7 +80,7 @@ def make_dataset(summary, phase, config, stream=None):
 
 
 def _holdout(summary, config, stream, log, writer, backup_dir):
-    saved = cf_evaluation.resumed_holdout(backup_dir, log)
+    saved = holdout.resumed_holdout(backup_dir, log)
     if saved is not None:
         return saved
     if summary.n_heldout == 0 or summary.holdout.n_rows == 0:
@@ -88,22 +89,22 @@ def _holdout(summary, config, stream, log, writer, backup_dir):
         return {}
     start = time.time()
     item_vocab = summary.holdout.item_counts.index.to_numpy(str)
-    model, _ = cf_embeddings.fit_dataset(
+    model, _ = two_tower.fit_dataset(
         lambda: make_dataset(summary, "holdout", config, stream), summary.users, item_vocab, config,
         log, "holdout", writer, backup_dir)
     rows = summary.eval_rows
     held = rows["held"].to_numpy(bool)
-    metrics, _ = cf_evaluation.recall_metrics(
+    metrics, _ = holdout.recall_metrics(
         model, item_vocab, rows[~held], rows[held], summary.holdout.item_counts.to_numpy(),
         config.recall_k)
     metrics.update({"n_train": summary.n_rows - summary.n_heldout,
                     "n_fitted": summary.holdout.n_rows, "n_heldout": summary.n_heldout,
                     "holdout_seconds": time.time() - start})
-    cf_evaluation.report_holdout(
+    holdout.report_holdout(
         metrics, config, log, writer,
         note=f"; streaming: recall on a sample of at most {stream.max_eval_users} users, "
              "SVD baseline skipped")
-    cf_evaluation.save_holdout(backup_dir, metrics)
+    holdout.save_holdout(backup_dir, metrics)
     return metrics
 
 
@@ -141,12 +142,12 @@ def train_two_tower_stream(summary, item_ids, config, stream=None, log=print,
 
     # 2. Refit on everything and read the towers.
     start = time.time()
-    model, losses = cf_embeddings.fit_dataset(
+    model, losses = two_tower.fit_dataset(
         lambda: make_dataset(summary, "full", config, stream), summary.users,
         summary.full.item_counts.index.to_numpy(str), config, log, "full", writer, backup_dir)
     seconds = time.time() - start
     metrics.update({"final_loss": losses[-1], "full_fit_seconds": seconds,
                     "full_fit_interactions_per_second": summary.full.n_rows
                     * max(config.epochs, 1) / seconds})
-    return cf_embeddings.read_towers(model, catalogue, catalogue_counts, summary.users, config,
-                                     metrics, log, writer)
+    return two_tower.read_towers(model, catalogue, catalogue_counts, summary.users, config,
+                                 metrics, log, writer)

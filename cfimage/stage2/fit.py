@@ -12,8 +12,8 @@ import sys
 import keras
 import numpy as np
 
-from cfimage import losses
-from cfimage.callbacks import StopOnDivergence
+from cfimage.stage2 import losses
+from cfimage.stage2.callbacks import StopOnDivergence
 
 ARMS = ("multitask", "two_stage", "contrastive")
 

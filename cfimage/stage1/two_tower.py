@@ -7,7 +7,7 @@ the regression target of the image model's second output (stage 2).
 Flow of `train_two_tower`:
   1. hold out a seeded, per-user random fraction of the (user, item) pairs, fit, and measure
      held-out recall@k of the two-tower model against popularity and a truncated-SVD
-     recommender (cfimage.cf_baselines) fitted on the same training rows
+     recommender (cfimage.stage1.baselines) fitted on the same training rows
      (`holdout_metrics`);
   2. refit a fresh model with the same settings on ALL interactions (held-out pairs are not
      wasted) and read the item tower for the catalogue.
@@ -37,10 +37,11 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from cfimage import atomic
-from cfimage.cf_baselines import holdout_lists, recall_at_k
-from cfimage.cf_evaluation import (evaluate_holdout, report_holdout, resumed_holdout,
-                                   save_holdout, tower_outputs)
-from cfimage.cf_io import align_embeddings, load_embeddings, save_embeddings, write_projector
+from cfimage.stage1.baselines import holdout_lists, recall_at_k
+from cfimage.stage1.holdout import (evaluate_holdout, report_holdout, resumed_holdout,
+                                    save_holdout, tower_outputs)
+from cfimage.stage1.embedding_files import (align_embeddings, load_embeddings,
+                                            save_embeddings, write_projector)
 
 __all__ = [
     "TwoTowerConfig", "CFResult", "TwoTowerModel", "train_two_tower", "holdout_metrics",
@@ -238,7 +239,7 @@ def fit_dataset(make_dataset, user_vocab, item_vocab, config, log, phase, writer
 
     make_dataset is called after the global seed is set: a seeded shuffle's order depends on it.
 
-    The one fitting routine of stage 1, in memory and streaming (cfimage.cf_stream). With
+    The one fitting routine of stage 1, in memory and streaming (cfimage.stage1.stream). With
     `backup_dir`, <backup_dir>/<phase> holds a BackupAndRestore checkpoint written after every
     epoch: a killed run restarted with the same inputs resumes after its last completed epoch.
     The caller removes the backup when it no longer needs it.

@@ -1,7 +1,7 @@
 """Stage 1's held-out evaluation: recall@k of the two-tower model against popularity and a
 truncated-SVD recommender, its log line and TensorBoard scalars, and the saved metrics that let
 a killed stage 1 skip the held-out fit when it restarts. Used by the in-memory path
-(cfimage/cf_embeddings.py) and the streaming path (cfimage/cf_stream.py).
+(cfimage/stage1/two_tower.py) and the streaming path (cfimage/stage1/stream.py).
 
 Runs on tf_keras models (TFRS); never imports Keras 3.
 """
@@ -13,8 +13,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from cfimage import atomic, cf_baselines
-from cfimage.cf_baselines import holdout_lists, recall_at_k
+from cfimage import atomic
+from cfimage.stage1 import baselines
+from cfimage.stage1.baselines import holdout_lists, recall_at_k
 
 
 def tower_outputs(tower, ids, batch_size=8192):
@@ -62,10 +63,10 @@ def evaluate_holdout(model, user_vocab, item_vocab, known, fitted, heldout, conf
         start = time.time()
         column = {item: j for j, item in enumerate(item_vocab)}
         fitted_row = {user: i for i, user in enumerate(user_vocab)}
-        matrix = cf_baselines.binary_matrix(fitted["user_id"].map(fitted_row),
-                                            fitted["item_id"].map(column),
-                                            len(user_vocab), len(item_vocab))
-        svd_users, svd_items = cf_baselines.svd_factors(matrix, config.svd_rank, config.seed)
+        matrix = baselines.binary_matrix(fitted["user_id"].map(fitted_row),
+                                         fitted["item_id"].map(column),
+                                         len(user_vocab), len(item_vocab))
+        svd_users, svd_items = baselines.svd_factors(matrix, config.svd_rank, config.seed)
         # Evaluated users absent from the fitted rows (all their rows filtered) score zeros.
         svd_users = np.concatenate([svd_users, np.zeros((1, svd_users.shape[1]), np.float32)])
         eval_rows = np.array([fitted_row.get(user, -1) for user in users])

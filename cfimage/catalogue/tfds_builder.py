@@ -1,7 +1,7 @@
 """A TensorFlow Datasets builder for a cfimage catalogue (README, "Your own data").
 
 The catalogue directory (items.csv, the images, interactions.csv) is TFDS' manual_dir; it is
-validated by `cfimage.catalogue.load_catalogue` (interactions on items outside items.csv are
+validated by `cfimage.catalogue.reader.load_catalogue` (interactions on items outside items.csv are
 allowed) and turned into one split, `train`, with every item:
 
   image             uint8 (H, W, 3); the original file bytes when the image is a JPEG or PNG
@@ -11,7 +11,7 @@ allowed) and turned into one split, `train`, with every item:
                     are the catalogue's sorted label vocabulary
   num_interactions  int64: interactions on the item in interactions.csv
 
-    import cfimage.tfds_catalogue  # registers "cfimage_catalogue"
+    import cfimage.catalogue.tfds_builder  # registers "cfimage_catalogue"
     import tensorflow_datasets as tfds
     builder = tfds.builder("cfimage_catalogue", data_dir="/data/tfds")
     builder.download_and_prepare(
@@ -29,7 +29,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cfimage.catalogue import CatalogueSpec, load_catalogue
+from cfimage.catalogue.reader import CatalogueSpec, load_catalogue
 
 PASS_THROUGH_FORMATS = ("JPEG", "PNG")
 

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from cfimage import atomic
-from cfimage.metrics import evaluate_scores
+from cfimage.stage2.metrics import evaluate_scores
 
 
 class SelectByValidationMAP(keras.callbacks.Callback):

@@ -8,7 +8,7 @@ needs: the user vocabulary, per-item interaction counts (logQ correction, popula
 --cf_confidence=sqrt) and weight sums (loss weights are rescaled to mean 1). It also keeps every
 row of a bounded, hash-chosen sample of users (`StreamConfig.max_eval_users`) for recall@k.
 Memory grows with the number of distinct users and items, not with the number of rows.
-The training side is cfimage/cf_stream.py.
+The training side is cfimage/stage1/stream.py.
 """
 
 import dataclasses
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from cfimage.catalogue import CatalogueError, parse_weights
+from cfimage.catalogue.reader import CatalogueError, parse_weights
 
 HASH_BUCKETS = 1 << 20  # resolution of the held-out share: 1e-6
 # --stream_interactions=auto streams logs larger than this: in memory, stage 1 peaked at ~50x

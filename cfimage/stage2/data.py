@@ -218,7 +218,7 @@ def batch_examples(dataset, batch_size, training, seed=0, shuffle_buffer=10_000)
     """(uint8 image, targets) examples -> shuffle -> augment -> batch -> prefetch.
 
     The part of the pipeline after the cache, shared by `make_dataset` and the TFRecord
-    reader (cfimage/tfrecords.py), so that both feed the model identical batches.
+    reader (cfimage/stage2/tfrecords.py), so that both feed the model identical batches.
     """
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
