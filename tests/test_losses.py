@@ -1,4 +1,4 @@
-"""The losses of PAPER.md on 3-item batches, checked against numbers worked out by hand."""
+"""The losses of docs/method.md on 3-item batches, checked against numbers worked out by hand."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Confidence weights w_i of the CF loss (PAPER.md, "MTL-reconstruct" variants).
+"""Confidence weights w_i of the CF loss (docs/method.md, "MTL-reconstruct" variants).
 
   uniform: 1 for every item with a CF vector;
   sqrt:    sqrt(number of interactions of the item);

@@ -150,7 +150,7 @@ def scale_cf_targets(vectors, has_vector, target_rms):
     """Centres the CF vectors and scales them to `target_rms` per dimension.
 
     Two-tower vectors have no fixed scale; the exponential CF loss needs
-    targets near the initial predictions (PAPER.md, "Weak spots"). Returns the
+    targets near the initial predictions (docs/method.md, "Weak spots"). Returns the
     targets (zeros where there is no vector) and the scaling, so that
     vector = target * scale + mean.
     """

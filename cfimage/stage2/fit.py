@@ -1,6 +1,6 @@
 """Stage-2 training mechanics: optimizer, compile per arm, a resumable fit.
 
-Arms (PAPER.md, "Baselines"):
+Arms (docs/method.md, "Baselines"):
   multitask:   L = L_labels + λ·L_cf (λ = 0 is the image-only baseline);
   two_stage:   first regress the CF targets only, then train on labels only;
   contrastive: L = L_labels + λ·triplet loss on the CF head.

@@ -1,4 +1,4 @@
-"""The losses of PAPER.md, with their masks, plus metrics for the CF terms.
+"""The losses of docs/method.md, with their masks, plus metrics for the CF terms.
 
 Both losses read a mask packed into y_true as its last column (data.py):
   * labels: y_true = [multi-hot (C), labelled (1)]; the loss averages over
@@ -74,9 +74,9 @@ def cf_item_error(y_true, y_pred):
 
 @keras.saving.register_keras_serializable("cfimage")
 class CFReconstructionLoss(keras.losses.Loss):
-    """PAPER.md's CF loss: Σ w_i (exp(ℓ_i) − 1) / Σ w_i, ℓ_i = MSE_i + L1_i.
+    """docs/method.md's CF loss: Σ w_i (exp(ℓ_i) − 1) / Σ w_i, ℓ_i = MSE_i + L1_i.
 
-    exp() explodes when predictions start far from the targets (PAPER.md,
+    exp() explodes when predictions start far from the targets (docs/method.md,
     "Weak spots"), so above ℓ = `linear_above` it continues as its tangent
     line: the value and gradient are exact below the threshold, finite above.
     """
