@@ -17,7 +17,7 @@ import tensorflow as tf
 from cfimage.catalogue import reader as catalogue_lib
 from cfimage.stage1 import embedding_files
 from cfimage.stage2 import data
-from conftest import write_catalogue
+from tests.conftest import write_catalogue
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 IMAGES = ("images/a.png", "images/b.png", "images/c.png")

@@ -24,7 +24,7 @@ from cfimage.stage2 import model as model_lib
 SIZE = (40, 32)
 LABELS = ["cat", "dog", "fish"]
 CF_DIM, TOP_K = 8, 6
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
 def _load_client():

@@ -13,7 +13,7 @@ from cfimage.stage2 import data
 from cfimage.catalogue import demo
 from cfimage.stage2 import tfrecords
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 IMAGE_SIZE = (32, 24)  # not square: catches a height/width swap
 
 
