@@ -317,6 +317,7 @@ def _train(tmp_path, *flags):
         env={**os.environ, "PYTHONPATH": os.path.abspath(ROOT)})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, message", [
     (["--epochs=0"], "--epochs and --batch_size must be >= 1."),
     (["--batch_size=0"], "--epochs and --batch_size must be >= 1."),
@@ -334,6 +335,7 @@ def test_contradictory_training_flags_fail_before_any_work(tmp_path, flags, mess
     assert not (tmp_path / "run" / "demo_catalogue").exists()  # stopped before the data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, message", [
     (["--cf_dim=0"], "embedding_dim must be >= 1"),
     (["--cf_holdout=1"], "holdout_fraction must be in [0, 1)"),
