@@ -188,9 +188,10 @@ def _png_chunk(kind, payload):
 
 
 def _png_header_only(width, height):
-    """A PNG signature and a valid IHDR chunk claiming width x height, and no pixel data."""
+    """A PNG signature, a valid IHDR chunk claiming width x height, and an empty IDAT chunk:
+    the headers of a PNG without its pixel data."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", b"")
 
 
 def test_corrupt_image_body_is_unreadable(tmp_path):
@@ -275,7 +276,11 @@ def test_image_claiming_more_pixels_than_the_limit_is_refused_before_decoding(tm
     assert data.image_dimensions(_png_header_only(20, 10)) == (10, 20)
     jpeg = tf.io.encode_jpeg(_pixels(7, 5)).numpy()
     assert data.image_dimensions(jpeg) == (7, 5)
-    assert data.image_dimensions(b"GIF89a" + struct.pack("<HH", 640, 480)) == (480, 640)
+    from PIL import Image
+    for mode, kind in [("P", "GIF"), ("RGB", "BMP")]:
+        buffer = io.BytesIO()
+        Image.new(mode, (640, 480)).save(buffer, format=kind)
+        assert data.image_dimensions(buffer.getvalue()) == (480, 640), kind
     assert data.image_dimensions(b"not an image at all") is None
 
 
