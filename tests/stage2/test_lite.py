@@ -138,10 +138,8 @@ def test_bad_arguments_and_files_raise_clear_errors(tmp_path, monkeypatch):
 
 
 @needs_torch
-# Lite1 and Lite2 take 25-30 s each here: the fast tier converts Lite0 only.
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=[pytest.mark.slow] if name != "efficientnet_lite0" else [])
-    for name in sorted(lite.LITE_VARIANTS)])
+@pytest.mark.slow  # torch and a full-resolution model: 10-30 s per variant here
+@pytest.mark.parametrize("name", sorted(lite.LITE_VARIANTS))
 def test_converted_weights_give_the_pytorch_logits(name, tmp_path, monkeypatch, capsys):
     from efficientnet_lite_pytorch import EfficientNet
 
