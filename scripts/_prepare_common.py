@@ -11,12 +11,13 @@ import gzip
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+
+from cfimage import atomic
 
 USER_AGENT = "cfimage-prepare/1.0 (+https://github.com/; research dataset preparation)"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
@@ -37,12 +38,10 @@ def is_url(text):
 
 def _download(url, path, timeout):
     """Downloads `url` to `path` through a temporary file in the same folder (atomic rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".part-")
-    try:
-        with os.fdopen(handle, "wb") as out, \
+    with atomic.replacing(path) as temporary:
+        with open(temporary, "wb") as out, \
                 urllib.request.urlopen(request, timeout=timeout) as response:
             expected = response.headers.get("Content-Length")
             shutil.copyfileobj(response, out, 1 << 20)
@@ -51,10 +50,6 @@ def _download(url, path, timeout):
             raise OSError(f"truncated download: {size} of {expected} bytes")
         if size == 0:
             raise OSError("empty response")
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def resolve_input(source, name, download_dir, timeout=60.0):

@@ -17,7 +17,7 @@ import tensorflow as tf
 from cfimage.catalogue import reader as catalogue_lib
 from cfimage.stage1 import embedding_files
 from cfimage.stage2 import data
-from conftest import write_catalogue
+from tests.conftest import write_catalogue
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 IMAGES = ("images/a.png", "images/b.png", "images/c.png")
@@ -188,9 +188,10 @@ def _png_chunk(kind, payload):
 
 
 def _png_header_only(width, height):
-    """A PNG signature and a valid IHDR chunk claiming width x height, and no pixel data."""
+    """A PNG signature, a valid IHDR chunk claiming width x height, and an empty IDAT chunk:
+    the headers of a PNG without its pixel data."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", b"")
 
 
 def test_corrupt_image_body_is_unreadable(tmp_path):
@@ -275,7 +276,11 @@ def test_image_claiming_more_pixels_than_the_limit_is_refused_before_decoding(tm
     assert data.image_dimensions(_png_header_only(20, 10)) == (10, 20)
     jpeg = tf.io.encode_jpeg(_pixels(7, 5)).numpy()
     assert data.image_dimensions(jpeg) == (7, 5)
-    assert data.image_dimensions(b"GIF89a" + struct.pack("<HH", 640, 480)) == (480, 640)
+    from PIL import Image
+    for mode, kind in [("P", "GIF"), ("RGB", "BMP")]:
+        buffer = io.BytesIO()
+        Image.new(mode, (640, 480)).save(buffer, format=kind)
+        assert data.image_dimensions(buffer.getvalue()) == (480, 640), kind
     assert data.image_dimensions(b"not an image at all") is None
 
 
@@ -317,6 +322,7 @@ def _train(tmp_path, *flags):
         env={**os.environ, "PYTHONPATH": os.path.abspath(ROOT)})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, message", [
     (["--epochs=0"], "--epochs and --batch_size must be >= 1."),
     (["--batch_size=0"], "--epochs and --batch_size must be >= 1."),
@@ -334,6 +340,7 @@ def test_contradictory_training_flags_fail_before_any_work(tmp_path, flags, mess
     assert not (tmp_path / "run" / "demo_catalogue").exists()  # stopped before the data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, message", [
     (["--cf_dim=0"], "embedding_dim must be >= 1"),
     (["--cf_holdout=1"], "holdout_fraction must be in [0, 1)"),

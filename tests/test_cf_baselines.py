@@ -6,7 +6,7 @@ import pytest
 from cfimage.stage1 import baselines as cb
 from cfimage.stage1 import two_tower as ce
 
-from test_cf_embeddings import planted_log
+from tests.test_cf_embeddings import planted_log
 
 
 def test_binary_matrix_counts_duplicates_once():

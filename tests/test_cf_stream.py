@@ -11,8 +11,8 @@ import pytest
 from cfimage.catalogue import reader as catalogue_lib
 from cfimage.stage1 import two_tower as ce
 from cfimage.stage1 import stream as cf_stream
-from conftest import write_catalogue
-from test_cf_embeddings import CATALOGUE, FAST, planted_log
+from tests.conftest import write_catalogue
+from tests.test_cf_embeddings import CATALOGUE, FAST, planted_log
 
 SPEC = catalogue_lib.CatalogueSpec()
 QUIET = dict(log=lambda message: None)

@@ -230,6 +230,7 @@ def serving_default(tmp_path_factory):
 GOOD = tf.io.encode_jpeg(np.full((20, 28, 3), 128, np.uint8)).numpy()
 
 
+@pytest.mark.slow  # its fixture exports a whole SavedModel: about a minute here
 @SOME
 @given(batch=st.lists(st.builds(lambda prefix, noise: prefix + noise, st.sampled_from(MAGIC),
                                 st.binary(max_size=200)), min_size=1, max_size=3))

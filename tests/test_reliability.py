@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from cfimage.stage2 import data
@@ -47,6 +48,7 @@ def _env():
     return {**os.environ, "PYTHONPATH": ROOT}
 
 
+@pytest.mark.slow
 def test_bad_image_fails_with_its_line_or_is_skipped_and_reported(tmp_path):
     catalogue = demo.make_demo_catalogue(str(tmp_path / "cat"), seed=2, num_items=100,
                                          num_users=50, image_size=32)
@@ -58,6 +60,7 @@ def test_bad_image_fails_with_its_line_or_is_skipped_and_reported(tmp_path):
     assert "--on_bad_image=skip" in failed.stderr and "Traceback" not in failed.stderr
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_last_epoch_and_skips_bad_images(tmp_path):
     catalogue = demo.make_demo_catalogue(str(tmp_path / "cat"), seed=2, num_items=100,
                                          num_users=50, image_size=32)

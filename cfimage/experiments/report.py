@@ -9,12 +9,17 @@ BASELINE = "image_only"
 
 
 def mean_ci(values):
-    """Mean and half-width of the 95% t-interval (nan half-width for one value)."""
+    """Mean and half-width of the 95% t-interval (nan half-width for one value, 0 for equal
+    values)."""
     values = np.asarray(values, np.float64)
+    mean = float(values.mean())
     if len(values) < 2:
-        return float(values.mean()), float("nan")
-    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-    return float(values.mean()), float(half)
+        return mean, float("nan")
+    standard_error = stats.sem(values)
+    if standard_error == 0:
+        return mean, 0.0  # scipy's interval of a zero scale is nan, not a point
+    _, high = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=standard_error)
+    return mean, float(high - mean)
 
 
 def choose_lambda(results):

@@ -9,11 +9,14 @@ Targets are packed so that masks travel with them (see losses.py):
   y["cf"]     = [CF target (d), confidence weight (1); weight 0 = no vector]
 """
 
+import contextlib
+import io
 import re
-import struct
+import threading
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Images with more pixels are reported as unreadable before they are decoded: a small
@@ -35,22 +38,30 @@ def decode_and_resize(image_bytes, image_size):
 
 
 def image_dimensions(encoded):
-    """(height, width) from a PNG, GIF, BMP or JPEG header, without decoding; else None."""
-    if encoded[:8] == b"\x89PNG\r\n\x1a\n" and len(encoded) >= 24:
-        width, height = struct.unpack(">II", encoded[16:24])
-    elif encoded[:6] in (b"GIF87a", b"GIF89a") and len(encoded) >= 10:
-        width, height = struct.unpack("<HH", encoded[6:10])
-    elif encoded[:2] == b"BM" and len(encoded) >= 26:
-        core = struct.unpack("<I", encoded[14:18])[0] == 12  # OS/2 header: 16-bit sizes
-        width, height = struct.unpack("<hh" if core else "<ii", encoded[18:22 if core else 26])
-    elif encoded[:3] == b"\xff\xd8\xff":
-        try:
-            height, width, _ = tf.io.extract_jpeg_shape(encoded).numpy()
-        except tf.errors.OpError:
-            return None  # the decode below reports what is wrong
-    else:
+    """(height, width) that an image header claims, read by Pillow without decoding the
+    pixels; None when Pillow cannot read the header (the decoder then says what is wrong)."""
+    try:
+        with _pillow_without_pixel_limit(), Image.open(io.BytesIO(encoded)) as image:
+            width, height = image.size
+    except Exception:  # any header Pillow cannot read: size unknown, as for an unknown format
         return None
-    return abs(int(height)), abs(int(width))
+    return height, width
+
+
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pillow_without_pixel_limit():
+    """Pillow refuses to open an image of more than 2 x Image.MAX_IMAGE_PIXELS pixels (the
+    same number as MAX_IMAGE_PIXELS here) without saying its size; the caller compares the size
+    with its own `max_pixels`, so Pillow's check is lifted while the header is read."""
+    with _PILLOW_LIMIT_LOCK:
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
 
 
 def header_pixels(image_bytes):

@@ -28,6 +28,8 @@ import warnings
 
 import keras
 
+from cfimage import atomic
+
 # name: (width_coefficient, depth_coefficient, default_resolution, dropout_rate), as in
 # tensorflow/tpu models/official/efficientnet/lite/efficientnet_lite_builder.py.
 LITE_VARIANTS = {
@@ -234,12 +236,10 @@ def convert_lite_weights(name, output_path):
         raise ValueError(f"{checkpoint}: {len(state)} tensors were not converted, e.g. "
                          f"{sorted(state)[:3]}; the checkpoint does not match {name}.")
 
-    # Write under a temporary name and rename, so that a concurrent reader (another test
-    # worker, another training run) never sees a half-written file.
+    # Atomic, so that a concurrent reader (another test worker, another training run) never
+    # sees a half-written file.
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-    temporary = f"{output_path[:-len('.weights.h5')]}.{os.getpid()}.tmp.weights.h5"
-    model.save_weights(temporary)
-    os.replace(temporary, output_path)
+    atomic.save_weights(model, output_path)
     return output_path
 
 

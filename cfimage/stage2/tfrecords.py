@@ -28,6 +28,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from cfimage import atomic
 from cfimage.stage2 import data
 
 MANIFEST = "tfrecords.json"
@@ -73,11 +74,10 @@ def write_tfrecords(out_dir, item_ids, image_paths, targets, image_size, label_n
         num_parallel_calls=data.AUTOTUNE, deterministic=True).prefetch(data.AUTOTUNE)
     images = iter(images)
     for k, path in enumerate(paths):
-        with tf.io.TFRecordWriter(path + ".tmp") as writer:
+        with atomic.replacing(path) as temporary, tf.io.TFRecordWriter(temporary) as writer:
             for i in range(bounds[k], bounds[k + 1]):
                 writer.write(_example(item_ids[i].encode(), next(images).numpy(),
                                       targets["labels"][i], targets["cf"][i]))
-        tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
         log(f"wrote {path} ({bounds[k + 1] - bounds[k]} items)")
     manifest = {"image_size": list(image_size), "num_items": n, "label_names": list(label_names),
                 "labels_width": int(targets["labels"].shape[1]),

@@ -57,6 +57,10 @@ def test_lambda_is_chosen_on_validation_and_gain_is_paired(tmp_path):
 def test_mean_ci_of_known_values():
     mean, half = report.mean_ci([1.0, 2.0, 3.0])
     assert mean == 2.0 and half == pytest.approx(stats.t.ppf(0.975, 2) * 1.0 / np.sqrt(3))
+    assert half == pytest.approx(4.302653 / np.sqrt(3))  # t(0.975, 2 df) from a table
+    assert report.mean_ci([0.5, 0.5, 0.5]) == (0.5, 0.0)
+    mean, half = report.mean_ci([0.7])
+    assert mean == 0.7 and np.isnan(half)
 
 
 def test_plan_is_seed_major_and_baselines_have_one_lambda():

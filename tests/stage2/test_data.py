@@ -79,3 +79,10 @@ def test_pipeline_batches_images_and_packed_targets(tiny_demo):
     epoch2 = np.concatenate([y["labels"].numpy() for _, y in train])
     assert epoch1.shape == epoch2.shape == targets["labels"].shape
     assert not np.array_equal(epoch1, epoch2)
+
+
+def test_nearest_cf_neighbours_skip_self_and_items_without_vectors():
+    targets = np.array([[0, 0], [0, 1], [5, 5], [0, 0.2], [100, 100]], np.float32)
+    has = np.array([True, True, True, True, False])
+    np.testing.assert_array_equal(data.nearest_cf_neighbours(targets, has, chunk=2),
+                                  [3, 3, 1, 0, -1])

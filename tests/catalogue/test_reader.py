@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from cfimage.catalogue import reader as catalogue_lib
-from conftest import write_catalogue
+from tests.conftest import write_catalogue
 
 IMAGES = ("images/a.png", "images/b.png", "images/c.png")
 ITEMS = "item_id,image,labels\na,images/a.png,cat|dog\nb,images/b.png,dog\nc,images/c.png,\n"

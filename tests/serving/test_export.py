@@ -25,6 +25,7 @@ def _images():
     return [tf.io.encode_jpeg(a).numpy(), tf.io.encode_png(b).numpy()]
 
 
+@pytest.mark.slow
 def test_export_layout_signature_and_fresh_process_scores(tmp_path):
     model = model_lib.build_model("efficientnet_b0", "none", SIZE, 3, True, 4)
     notes = []
@@ -69,6 +70,7 @@ def test_export_layout_signature_and_fresh_process_scores(tmp_path):
     np.testing.assert_allclose(served["scores"], expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_the_signature(tmp_path):
     model = model_lib.build_model("efficientnet_b0", "none", SIZE, 2, True, 3)
     path = export.export_saved_model(model, ["a", "b"], SIZE, str(tmp_path), "m", version=7)
@@ -81,6 +83,7 @@ def test_saved_model_cli_lists_the_signature(tmp_path):
     assert "outputs['scores']" in result.stdout and "outputs['label_names']" in result.stdout
 
 
+@pytest.mark.slow  # a whole SavedModel export: about a minute here
 def test_without_user_vectors_audience_is_left_out_with_a_note(tmp_path):
     model = model_lib.build_model("efficientnet_b0", "none", SIZE, 2, True, 3)
     notes = []

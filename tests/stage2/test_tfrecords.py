@@ -13,7 +13,7 @@ from cfimage.stage2 import data
 from cfimage.catalogue import demo
 from cfimage.stage2 import tfrecords
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 IMAGE_SIZE = (32, 24)  # not square: catches a height/width swap
 
 
@@ -91,6 +91,7 @@ def test_wrong_image_size_and_missing_shards_give_clear_errors(tiny, tmp_path):
         tfrecords.make_dataset(str(tmp_path / "nothing-*"), IMAGE_SIZE, 8, training=False)
 
 
+@pytest.mark.slow
 def test_script_writes_shards_and_manifest(tiny, tmp_path):
     catalogue, _, _, _ = tiny
     result = subprocess.run(
@@ -128,6 +129,7 @@ def test_shards_for_run_writes_once_and_again_when_the_items_change(tiny, tmp_pa
     assert tfrecords.default_cache_limit() > 2**28
 
 
+@pytest.mark.slow
 def test_train_streams_from_shards_when_the_images_exceed_the_cache_limit(tiny, tmp_path):
     catalogue, _, _, _ = tiny
     ids = catalogue.item_ids

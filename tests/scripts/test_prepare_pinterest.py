@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from cfimage.catalogue.reader import CatalogueSpec, load_catalogue
-from test_prepare_common import SCRIPTS, png_bytes, serve
+from tests.scripts.test_prepare_common import SCRIPTS, png_bytes, serve
 
 if SCRIPTS not in sys.path:
     sys.path.insert(0, SCRIPTS)

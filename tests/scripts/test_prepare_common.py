@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts")
+SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts")
 if SCRIPTS not in sys.path:
     sys.path.insert(0, SCRIPTS)
 
@@ -90,10 +90,10 @@ def test_download_images_retries_skips_and_reports(tmp_path):
         assert "404" in failures[0][2]
         # 404 is permanent: one attempt; the flaky URL failed once, then succeeded.
         assert requests["/missing.jpg"] == 1 and requests["/flaky/c.jpg"] == 2
-        assert not [n for n in os.listdir(out) if n.startswith(".part-")]
+        assert sorted(os.listdir(out)) == ["a.png", "c%2F1.jpg"]  # no temporary file left
 
         # A rerun downloads nothing that is already complete, and retries the failure.
-        (out / ".part-leftover").write_bytes(b"half")  # an interrupted earlier download
+        (out / "b.jpg.tmp-1-0123abcd").write_bytes(b"half")  # an interrupted earlier download
         done_again, failures_again = common.download_images(jobs, str(out), workers=2,
                                                             timeout=5, retries=2, backoff=0)
         assert done_again == done and len(failures_again) == 1

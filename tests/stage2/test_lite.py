@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from cfimage.stage2 import lite
+from tests.conftest import movielens_dir
 
-POSTERS = "/work/shared/data/movielens_posters/posters/ml1m"
 # ImageNet classes that movie posters tend to fall into (a sanity print, not an assert).
 POSTER_CLASSES = {916: "web site", 917: "comic book", 921: "book jacket"}
 
@@ -25,8 +25,11 @@ needs_torch = pytest.mark.skipif(
 
 
 def _images(size, count=8):
-    """`count` RGB float32 images in [0, 255]: real posters when the shared data exists."""
-    paths = sorted(glob.glob(os.path.join(POSTERS, "*.jpg")))[:count]
+    """`count` RGB float32 images in [0, 255]: real posters when $CFIMAGE_MOVIELENS_DIR names
+    the MovieLens posters catalogue, stand-ins otherwise."""
+    root = movielens_dir()
+    posters = os.path.join(root, "posters", "ml1m") if root else None
+    paths = sorted(glob.glob(os.path.join(posters, "*.jpg")))[:count] if posters else []
     if paths:
         from PIL import Image
         return np.stack([
@@ -135,6 +138,7 @@ def test_bad_arguments_and_files_raise_clear_errors(tmp_path, monkeypatch):
 
 
 @needs_torch
+@pytest.mark.slow  # torch and a full-resolution model: 10-30 s per variant here
 @pytest.mark.parametrize("name", sorted(lite.LITE_VARIANTS))
 def test_converted_weights_give_the_pytorch_logits(name, tmp_path, monkeypatch, capsys):
     from efficientnet_lite_pytorch import EfficientNet

@@ -1,11 +1,7 @@
-import math
-
 import numpy as np
 import pytest
 
 from cfimage.stage2 import confidence
-from cfimage.stage2 import data
-from cfimage.stage2 import losses
 
 
 def test_clip_and_rescale_maps_the_interquartile_range_to_1_3():
@@ -62,25 +58,3 @@ def test_loss_based_weights_stay_spread_when_few_training_items_are_labelled():
 def test_unknown_kind_is_rejected():
     with pytest.raises(ValueError, match="uniform"):
         confidence.confidence_weights("popularity", np.ones(3, bool))
-
-
-def test_nearest_cf_neighbours_skip_self_and_items_without_vectors():
-    targets = np.array([[0, 0], [0, 1], [5, 5], [0, 0.2], [100, 100]], np.float32)
-    has = np.array([True, True, True, True, False])
-    np.testing.assert_array_equal(data.nearest_cf_neighbours(targets, has, chunk=2),
-                                  [3, 3, 1, 0, -1])
-
-
-def test_triplet_loss_by_hand():
-    # item 1: anchor [0,0], positive [1,0], negative (item 2's positive) [0,2]
-    #   d+ = 0.5, d- = 2  -> max(0, 0.5 - 2 + 1) = 0
-    # item 2: anchor [0,1], positive [0,2], negative (item 1's positive) [1,0]
-    #   d+ = 0.5, d- = (1 + 1)/2 = 1 -> max(0, 0.5 - 1 + 1) = 0.5
-    y_true = np.array([[1, 0, 1], [0, 2, 1]], np.float32)
-    y_pred = np.array([[0, 0], [0, 1]], np.float32)
-    loss = losses.CFTripletLoss(margin=1.0)(y_true, y_pred)
-    assert float(loss) == pytest.approx(0.25)
-    # An item without a positive (weight 0) takes itself and its "negative" user out.
-    y_true[1, 2] = 0
-    assert math.isclose(float(losses.CFTripletLoss(margin=1.0)(y_true, y_pred)), 0.0,
-                        abs_tol=1e-7)

@@ -24,7 +24,7 @@ from cfimage.stage2 import model as model_lib
 SIZE = (40, 32)
 LABELS = ["cat", "dog", "fish"]
 CF_DIM, TOP_K = 8, 6
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
 def _load_client():
@@ -174,6 +174,7 @@ def _numpy_top_k(embedding, ids, vectors, k):
     return ids[order].tolist(), np.take_along_axis(scores, order, axis=1)
 
 
+@pytest.mark.slow
 def test_every_signature_is_exported_and_listed_by_saved_model_cli(served):
     expected = ["audience", "embed", "predict_pixels", "serving_default", "similar_items"]
     assert served["served"]["signatures"] == expected
@@ -187,6 +188,7 @@ def test_every_signature_is_exported_and_listed_by_saved_model_cli(served):
         assert f"outputs['{output}']" in result.stdout
 
 
+@pytest.mark.slow
 def test_labels_match_keras_for_every_image_kind(served):
     out = served["served"]["serving_default"]
     n = len(served["images"])
@@ -200,6 +202,7 @@ def test_labels_match_keras_for_every_image_kind(served):
     np.testing.assert_allclose(served["served"]["tf1_scores"], served["scores"], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_predict_pixels_matches_keras_and_accepts_any_size(served):
     out = served["served"]
     np.testing.assert_allclose(out["predict_pixels"]["scores"], served["scores"], atol=1e-4)
@@ -207,12 +210,14 @@ def test_predict_pixels_matches_keras_and_accepts_any_size(served):
     assert other.shape == (2, len(LABELS)) and np.allclose(other.sum(axis=1), 1.0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_embed_is_the_unscaled_cf_output(served):
     embedding = np.asarray(served["served"]["embed"]["embedding"])
     assert embedding.shape == (len(served["images"]), CF_DIM)
     np.testing.assert_allclose(embedding, served["embedding"], atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signature, key, table", [("similar_items", "item_ids", "items"),
                                                    ("audience", "user_ids", "users")])
 def test_top_k_is_a_dot_product_top_k_over_the_tables(served, signature, key, table):
@@ -222,6 +227,7 @@ def test_top_k_is_a_dot_product_top_k_over_the_tables(served, signature, key, ta
     np.testing.assert_allclose(out["scores"], scores, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_garbage_bytes_fail_clearly_and_the_model_keeps_serving(served):
     assert "Unknown image file format" in served["served"]["garbage"]
     assert "image too large: its header claims more than 178,956,970" in served["served"]["bomb"]
@@ -229,6 +235,7 @@ def test_garbage_bytes_fail_clearly_and_the_model_keeps_serving(served):
                                atol=1e-4)
 
 
+@pytest.mark.slow
 def test_warmup_requests_cover_every_signature_and_run(served):
     replayed = served["served"]["replayed"]
     warmup = [r for r in replayed if os.path.basename(r[0]).startswith("warmup")]
@@ -243,6 +250,7 @@ def _signature_inputs(path):
     return {name: {k: v.dtype for k, v in sig.inputs.items()} for name, sig in signatures.items()}
 
 
+@pytest.mark.slow
 def test_client_requests_match_the_signatures(served):
     client, images = served["client"], served["images"]
     inputs = _signature_inputs(served["path"])
@@ -262,6 +270,7 @@ def test_client_requests_match_the_signatures(served):
     assert client_runs["embed"] == {"embedding": [2, CF_DIM]}
 
 
+@pytest.mark.slow
 def test_rest_response_format_round_trips(served):
     client = served["client"]
     out = {k: np.asarray(v) for k, v in served["served"]["similar_items"].items()}

@@ -65,3 +65,18 @@ def test_cf_error_metrics_ignore_items_without_vectors():
     l1.update_state(y_true, y_pred)
     assert float(mse.result()) == pytest.approx((0.5 + 2.0) / 2)
     assert float(l1.result()) == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_triplet_loss_by_hand():
+    # item 1: anchor [0,0], positive [1,0], negative (item 2's positive) [0,2]
+    #   d+ = 0.5, d- = 2  -> max(0, 0.5 - 2 + 1) = 0
+    # item 2: anchor [0,1], positive [0,2], negative (item 1's positive) [1,0]
+    #   d+ = 0.5, d- = (1 + 1)/2 = 1 -> max(0, 0.5 - 1 + 1) = 0.5
+    y_true = np.array([[1, 0, 1], [0, 2, 1]], np.float32)
+    y_pred = np.array([[0, 0], [0, 1]], np.float32)
+    loss = losses.CFTripletLoss(margin=1.0)(y_true, y_pred)
+    assert float(loss) == pytest.approx(0.25)
+    # An item without a positive (weight 0) takes itself and its "negative" user out.
+    y_true[1, 2] = 0
+    assert math.isclose(float(losses.CFTripletLoss(margin=1.0)(y_true, y_pred)), 0.0,
+                        abs_tol=1e-7)
