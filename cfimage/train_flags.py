@@ -1,12 +1,22 @@
-"""The flags of `python -m cfimage.train` and their checks (one place to read every option).
+"""The flags of `python -m cfimage.train` (one place to read every option) and their bounds.
 
 Grouped as the run proceeds: catalogue -> stage 1 -> stage 2 -> scale -> output.
 Flagfiles under configs/ set these; tests/test_configs.py checks every flag they use.
+Single-flag bounds are absl validators (checked while the flags are parsed); cfimage/config.py
+builds the run config from the flags and checks the rest.
 """
+
+import dataclasses
 
 from absl import flags
 
+from cfimage import config as config_lib
+from cfimage.stage1.scan import StreamConfig
+from cfimage.stage1.two_tower import TwoTowerConfig
+from cfimage.stage2 import arms
+
 FLAGS = flags.FLAGS
+STAGE1 = {field.name: field.default for field in dataclasses.fields(TwoTowerConfig)}
 
 # --- Catalogue ---------------------------------------------------------------
 flags.DEFINE_string("catalogue", None, "Catalogue directory (see README). Default: the "
@@ -37,21 +47,25 @@ flags.DEFINE_enum("unknown_interaction_items", "fail", ["fail", "keep", "drop"],
 # --- Stage 1: collaborative item embeddings ----------------------------------
 flags.DEFINE_string("cf_embeddings", None, "Skip stage 1 and use these item vectors "
                     "(.npz with ids/vectors, or .csv item_id,v0,v1,...).")
-flags.DEFINE_integer("cf_dim", 64, "Two-tower embedding dimension.")
-flags.DEFINE_integer("cf_epochs", None, "Two-tower epochs (default: the module default).")
-flags.DEFINE_float("cf_learning_rate", None, "Two-tower learning rate.")
-flags.DEFINE_float("cf_temperature", None, "Two-tower softmax temperature.")
-flags.DEFINE_float("cf_holdout", 0.1, "Share of each user's interactions held out for recall@k.")
-flags.DEFINE_integer("cf_recall_k", 10, "k of the held-out recall@k report.")
-flags.DEFINE_integer("cf_min_interactions", 1, "Items with fewer interactions get no CF vector "
-                     "(their CF loss is masked).")
+# Defaults: stage 1's own (cfimage/stage1/two_tower.py, TwoTowerConfig).
+flags.DEFINE_integer("cf_dim", STAGE1["embedding_dim"], "Two-tower embedding dimension.")
+flags.DEFINE_integer("cf_epochs", STAGE1["epochs"], "Two-tower epochs.")
+flags.DEFINE_float("cf_learning_rate", STAGE1["learning_rate"], "Two-tower learning rate "
+                   "(Adagrad).")
+flags.DEFINE_float("cf_temperature", STAGE1["temperature"], "Two-tower softmax temperature.")
+flags.DEFINE_float("cf_holdout", STAGE1["holdout_fraction"], "Share of each user's "
+                   "interactions held out for recall@k.")
+flags.DEFINE_integer("cf_recall_k", STAGE1["recall_k"], "k of the held-out recall@k report.")
+flags.DEFINE_integer("cf_min_interactions", STAGE1["min_interactions"], "Items with fewer "
+                     "interactions get no CF vector (their CF loss is masked).")
 flags.DEFINE_enum("stream_interactions", "auto", ["auto", "true", "false"],
                   "Stage 1 streams the interactions with tf.data (cfimage/stage1/stream.py) "
                   "instead of loading them into pandas: for logs larger than memory. "
                   "--interactions_file may then be a glob or a gs:// path (shards with one "
                   "header). auto: stream when it matches several files or over 256 MB.")
-flags.DEFINE_integer("cf_shuffle_buffer", 200_000, "Streaming stage 1: rows in the training "
-                     "shuffle buffer (a log sorted by user needs a large one, or many shards).")
+flags.DEFINE_integer("cf_shuffle_buffer", StreamConfig.shuffle_buffer, "Streaming stage 1: "
+                     "rows in the training shuffle buffer (a log sorted by user needs a large "
+                     "one, or many shards).")
 flags.DEFINE_float("cf_target_scale", 0.5, "CF targets are centred and scaled to this RMS "
                    "per dimension (keeps the exponential CF loss in range).")
 
@@ -71,14 +85,13 @@ flags.DEFINE_float("max_loss", 1e4, "Stage 2 stops (keeping its best checkpoint)
                    "training loss is NaN/inf or its running mean exceeds this (an exploding "
                    "run; 0 = only NaN/inf).")
 flags.DEFINE_float("dropout", 0.2, "Dropout before the classification layer.")
-flags.DEFINE_float("cf_weight", 2.0, "λ, weight of the CF loss; 0 = the image-only baseline.")
-flags.DEFINE_enum("arm", "multitask", ["multitask", "two_stage", "contrastive"],
-                  "multitask: L_labels + λ·L_cf; two_stage: CF regression first "
-                  "(--pretrain_epochs), then labels only; contrastive: L_labels + λ·triplet "
-                  "loss on the CF head (positive = nearest CF neighbour).")
+flags.DEFINE_float("cf_weight", 2.0, "λ, weight of the CF loss, for the arms that read it; "
+                   "0 = the image-only baseline.")
+flags.DEFINE_enum("arm", "multitask", list(arms.ARMS),
+                  f"What stage 2 optimises (cfimage/stage2/arms.py): {arms.describe()}.")
 flags.DEFINE_enum("cf_confidence", "uniform", ["uniform", "sqrt", "loss"],
                   "Per-item weights of the CF loss: uniform, sqrt(#interactions), or "
-                  "loss-based (see cfimage/stage2/confidence.py).")
+                  "loss-based (see cfimage/stage2/confidence.py); the multitask_* arms fix it.")
 flags.DEFINE_integer("pretrain_epochs", 5, "two_stage: epochs of CF-only pre-training.")
 flags.DEFINE_float("triplet_margin", 0.25, "contrastive: triplet margin (mean squared units).")
 flags.DEFINE_float("label_ratio", 1.0, "Share of training items that keep their labels.")
@@ -120,47 +133,30 @@ flags.DEFINE_integer("threads", 0, "TensorFlow intra- and inter-op threads (0 = 
                      "runs with one thread each beat one run with two on a 2-core CPU.")
 
 
+# --- Bounds of single flags (absl prints "flag --name=value: message" and exits 1) ----------
+flags.register_validator("label_ratio", lambda value: 0.0 < value <= 1.0,
+                         message="must be in (0, 1]: the share of training items that keep "
+                         "their labels")
+flags.register_validator("cf_weight", lambda value: value >= 0,
+                         message="λ must be >= 0 (0 = the image-only baseline)")
+flags.register_multi_flags_validator(
+    ["epochs", "batch_size"], lambda values: min(values.values()) >= 1,
+    message="--epochs and --batch_size must be >= 1.")
+flags.register_validator("image_size", lambda text: config_lib.parse_image_size(text) is not None,
+                         message=f"use N or HxW with sides >= {config_lib.MIN_IMAGE_SIDE}, "
+                         "e.g. 96x64")
+flags.register_validator("max_loss", lambda value: value >= 0,
+                         message="must be >= 0 (0 = stop only on NaN/inf)")
+flags.register_validator("cache_limit_gb", lambda value: value >= 0,
+                         message="must be >= 0 (0 = half the memory)")
+flags.register_validator("cf_target_scale", lambda value: value > 0,
+                         message="--cf_target_scale must be > 0.")
+flags.register_validator("pretrain_epochs", lambda value: value >= 1, message="must be >= 1")
+flags.register_validator("dropout", lambda value: 0.0 <= value < 1.0, message="must be in [0, 1)")
+flags.register_validator("learning_rate", lambda value: value > 0, message="must be > 0")
+flags.register_validator("threads", lambda value: value >= 0, message="must be >= 0 "
+                         "(0 = TensorFlow's default)")
+
+
 def log(message):
     print(f"[cfimage] {message}", flush=True)
-
-
-def fail(message):
-    """Stops the run for a user mistake: one clear message on stderr, exit status 1."""
-    raise SystemExit(f"cfimage: error: {message}")
-
-
-def parse_image_size(text):
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) < 32:
-        fail(f"--image_size={text!r}: use N or HxW with sides >= 32, e.g. 96x64")
-    return tuple(parts)
-
-
-def check_flags():
-    if not 0.0 < FLAGS.label_ratio <= 1.0:
-        fail(f"--label_ratio={FLAGS.label_ratio}: must be in (0, 1].")
-    if FLAGS.cf_weight < 0:
-        fail(f"--cf_weight={FLAGS.cf_weight}: λ must be >= 0.")
-    if FLAGS.epochs < 1 or FLAGS.batch_size < 1:
-        fail("--epochs and --batch_size must be >= 1.")
-    if FLAGS.max_loss < 0:
-        fail(f"--max_loss={FLAGS.max_loss}: must be >= 0 (0 = stop only on NaN/inf).")
-    if FLAGS.cache_limit_gb < 0:
-        fail(f"--cache_limit_gb={FLAGS.cache_limit_gb}: must be >= 0 (0 = half the memory).")
-    if FLAGS.cf_target_scale <= 0:
-        fail("--cf_target_scale must be > 0.")
-    try:
-        fractions = tuple(float(f) for f in FLAGS.split)
-    except ValueError:
-        fractions = ()
-    if len(fractions) != 3:
-        fail(f"--split={','.join(FLAGS.split)}: give three fractions, e.g. 0.7,0.1,0.2")
-    if min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-6:
-        fail(f"--split={','.join(FLAGS.split)}: train, validation and test fractions must "
-             "each be > 0 and sum to 1, e.g. 0.7,0.1,0.2")
-    return parse_image_size(FLAGS.image_size), fractions
