@@ -19,7 +19,9 @@ from absl import app
 
 from cfimage import config as config_lib
 from cfimage.errors import UserError
-from cfimage.train_flags import FLAGS, log
+from cfimage.train_flags import FLAGS, define_flags, log
+
+define_flags()
 
 
 def main(argv):

@@ -3,7 +3,6 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from cfimage import experiment
 from cfimage.experiments import report
 
 
@@ -57,12 +56,3 @@ def test_lambda_is_chosen_on_validation_and_gain_is_paired(tmp_path):
 def test_mean_ci_of_known_values():
     mean, half = report.mean_ci([1.0, 2.0, 3.0])
     assert mean == 2.0 and half == pytest.approx(stats.t.ppf(0.975, 2) * 1.0 / np.sqrt(3))
-
-
-def test_plan_is_seed_major_and_baselines_have_one_lambda():
-    cells = experiment.plan_cells(["image_only", "multitask"], ["0.1", "1.0"], ["1", "2"],
-                                  ["0", "1"])
-    assert len(cells) == 2 * 2 * (1 + 2)
-    assert [c["seed"] for c in cells[:6]] == [0] * 6
-    assert {c["cf_weight"] for c in cells if c["arm"] == "image_only"} == {0.0}
-    assert len({c["name"] for c in cells}) == len(cells)
