@@ -1,7 +1,7 @@
 """The flags of `python -m cfimage.train` (one place to read every option) and their bounds.
 
 Grouped as the run proceeds: catalogue -> stage 1 -> stage 2 -> scale -> output.
-Flagfiles under configs/ set these; tests/test_configs.py checks every flag they use.
+Flagfiles under configs/ set these; tests/test_config.py checks every flag they use.
 Single-flag bounds are absl validators (checked while the flags are parsed); cfimage/config.py
 builds the run config from the flags and checks the rest.
 """
