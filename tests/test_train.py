@@ -122,16 +122,17 @@ def test_bad_flags_give_one_clear_message_before_any_work(tmp_path, flag, messag
     assert not (tmp_path / "run" / "demo_catalogue").exists()
 
 
-def test_a_user_error_found_while_running_is_one_line_and_exit_status_1(demo_run, tmp_path):
-    base, _ = demo_run
+def test_a_user_error_found_while_running_is_one_line_and_exit_status_1(tmp_path):
     (tmp_path / "cat").mkdir()
-    (tmp_path / "cat" / "items.csv").write_text("item_id,image,labels\nitem1,missing.png,a\n")
+    (tmp_path / "cat" / "bad.png").write_bytes(b"not an image")
+    (tmp_path / "cat" / "items.csv").write_text("item_id,image,labels\nitem1,bad.png,a\n")
     (tmp_path / "cat" / "interactions.csv").write_text("user_id,item_id\nu1,item1\n")
     result = run_train(TINY + [f"--catalogue={tmp_path}/cat", f"--workdir={tmp_path}/run",
                                "--noexport"], cwd=str(tmp_path))
     assert result.returncode == 1, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1].startswith(
         f"cfimage: error: {tmp_path}/cat/items.csv, line 2, item 'item1': image ")
+    assert "--on_bad_image=skip" in result.stderr
     assert "Traceback" not in result.stderr
 
 
