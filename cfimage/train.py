@@ -17,8 +17,14 @@ import time
 import cfimage  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from absl import app
 
+from cfimage import atomic
 from cfimage import config as config_lib
+from cfimage.catalogue import demo, images, reader
 from cfimage.errors import UserError
+from cfimage.serving import run_export
+from cfimage.stage1 import pipeline
+from cfimage.stage2 import evaluation, inputs, trainer
+from cfimage.stage2 import runtime as runtime_lib
 from cfimage.train_flags import FLAGS, define_flags, log
 
 define_flags()
@@ -33,13 +39,6 @@ def main(argv):
     started = time.time()
 
     # --- Set-up: workdir, threads, precision, strategy ---------------------------
-    from cfimage import atomic
-    from cfimage.catalogue import demo, images, reader
-    from cfimage.serving import run_export
-    from cfimage.stage1 import pipeline
-    from cfimage.stage2 import evaluation, inputs, trainer
-    from cfimage.stage2 import runtime as runtime_lib
-
     workdir = config.output.workdir
     config_lib.write_workdir(config, FLAGS.flags_into_string())
     log(f"workdir {workdir}")
