@@ -1,166 +1,209 @@
-"""The flags of `python -m cfimage.train` and their checks (one place to read every option).
+"""The flags of `python -m cfimage.train` (one place to read every option) and their bounds.
 
 Grouped as the run proceeds: catalogue -> stage 1 -> stage 2 -> scale -> output.
-Flagfiles under configs/ set these; tests/test_configs.py checks every flag they use.
+Flagfiles under configs/ set these; tests/test_config.py checks every flag they use.
+Single-flag bounds are absl validators (checked while the flags are parsed); cfimage/config.py
+builds the run config from the flags and checks the rest.
 """
+
+import dataclasses
 
 from absl import flags
 
+from cfimage import config as config_lib
+from cfimage.stage1.scan import StreamConfig
+from cfimage.stage1.two_tower import TwoTowerConfig
+from cfimage.stage2 import arms
+
 FLAGS = flags.FLAGS
+STAGE1 = {field.name: field.default for field in dataclasses.fields(TwoTowerConfig)}
 
-# --- Catalogue ---------------------------------------------------------------
-flags.DEFINE_string("catalogue", None, "Catalogue directory (see README). Default: the "
-                    "built-in demo catalogue, generated into <workdir>/demo_catalogue.")
-flags.DEFINE_integer("demo_seed", 0, "Seed of the generated demo catalogue.")
-flags.DEFINE_integer("demo_items", 1200, "Number of items of the generated demo catalogue.")
-flags.DEFINE_integer("demo_users", 400, "Number of users of the generated demo catalogue.")
-flags.DEFINE_string("items_file", "items.csv", "Items file inside the catalogue.")
-flags.DEFINE_string("interactions_file", "interactions.csv", "Interactions file.")
-flags.DEFINE_string("item_id_column", "item_id", "Item id column of the items file.")
-flags.DEFINE_string("image_column", "image", "Image path column (relative to the catalogue).")
-flags.DEFINE_string("labels_column", "labels", "Labels column; empty = unlabelled item.")
-flags.DEFINE_string("label_separator", "|", "Separator between labels.")
-flags.DEFINE_string("user_id_column", "user_id", "User id column of the interactions file.")
-flags.DEFINE_string("interaction_item_column", "item_id", "Item id column of interactions.")
-flags.DEFINE_string("weight_column", "weight", "Optional weight/rating column, used as the "
-                    "interaction's loss weight in stage 1 ('' = every interaction weighs 1).")
-flags.DEFINE_string("timestamp_column", "timestamp", "Optional timestamp column.")
-flags.DEFINE_integer("min_label_count", 1, "Labels with fewer items are dropped.")
-flags.DEFINE_list("ignore_labels", [], "Label values that mean 'no label'.")
-flags.DEFINE_enum("on_bad_image", "fail", ["fail", "skip"],
-                  "Unreadable images (missing pixels, truncated, not an image): fail, or skip "
-                  "those items (listed in <workdir>/skipped_images.csv).")
-flags.DEFINE_enum("unknown_interaction_items", "fail", ["fail", "keep", "drop"],
-                  "Interactions on items not in the items file: fail, keep them for "
-                  "stage 1 only, or drop them.")
 
-# --- Stage 1: collaborative item embeddings ----------------------------------
-flags.DEFINE_string("cf_embeddings", None, "Skip stage 1 and use these item vectors "
-                    "(.npz with ids/vectors, or .csv item_id,v0,v1,...).")
-flags.DEFINE_integer("cf_dim", 64, "Two-tower embedding dimension.")
-flags.DEFINE_integer("cf_epochs", None, "Two-tower epochs (default: the module default).")
-flags.DEFINE_float("cf_learning_rate", None, "Two-tower learning rate.")
-flags.DEFINE_float("cf_temperature", None, "Two-tower softmax temperature.")
-flags.DEFINE_float("cf_holdout", 0.1, "Share of each user's interactions held out for recall@k.")
-flags.DEFINE_integer("cf_recall_k", 10, "k of the held-out recall@k report.")
-flags.DEFINE_integer("cf_min_interactions", 1, "Items with fewer interactions get no CF vector "
-                     "(their CF loss is masked).")
-flags.DEFINE_enum("stream_interactions", "auto", ["auto", "true", "false"],
-                  "Stage 1 streams the interactions with tf.data (cfimage/stage1/stream.py) "
-                  "instead of loading them into pandas: for logs larger than memory. "
-                  "--interactions_file may then be a glob or a gs:// path (shards with one "
-                  "header). auto: stream when it matches several files or over 256 MB.")
-flags.DEFINE_integer("cf_shuffle_buffer", 200_000, "Streaming stage 1: rows in the training "
-                     "shuffle buffer (a log sorted by user needs a large one, or many shards).")
-flags.DEFINE_float("cf_target_scale", 0.5, "CF targets are centred and scaled to this RMS "
-                   "per dimension (keeps the exponential CF loss in range).")
+def define_flags(flag_values=flags.FLAGS):
+    """Defines the flags of cfimage.train, with their bounds, in `flag_values`: the global
+    FLAGS when cfimage.train is imported, a fresh FlagValues in a test."""
+    # --- Catalogue ---------------------------------------------------------------
+    flags.DEFINE_string("catalogue", None, "Catalogue directory (see README). Default: the "
+                        "built-in demo catalogue, generated into <workdir>/demo_catalogue.",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("demo_seed", 0, "Seed of the generated demo catalogue.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("demo_items", 1200, "Number of items of the generated demo catalogue.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("demo_users", 400, "Number of users of the generated demo catalogue.",
+                         flag_values=flag_values)
+    flags.DEFINE_string("items_file", "items.csv", "Items file inside the catalogue.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("interactions_file", "interactions.csv", "Interactions file.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("item_id_column", "item_id", "Item id column of the items file.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("image_column", "image", "Image path column (relative to the catalogue).",
+                        flag_values=flag_values)
+    flags.DEFINE_string("labels_column", "labels", "Labels column; empty = unlabelled item.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("label_separator", "|", "Separator between labels.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("user_id_column", "user_id", "User id column of the interactions file.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("interaction_item_column", "item_id", "Item id column of interactions.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("weight_column", "weight", "Optional weight/rating column, used as the "
+                        "interaction's loss weight in stage 1 ('' = every interaction weighs 1).",
+                        flag_values=flag_values)
+    flags.DEFINE_string("timestamp_column", "timestamp", "Optional timestamp column.",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("min_label_count", 1, "Labels with fewer items are dropped.",
+                         flag_values=flag_values)
+    flags.DEFINE_list("ignore_labels", [], "Label values that mean 'no label'.",
+                      flag_values=flag_values)
+    flags.DEFINE_enum("on_bad_image", "fail", ["fail", "skip"], "Unreadable images (missing "
+                      "pixels, truncated, not an image): fail, or skip those items (listed in "
+                      "<workdir>/skipped_images.csv).", flag_values=flag_values)
+    flags.DEFINE_enum("unknown_interaction_items", "fail", ["fail", "keep", "drop"], "Interactions "
+                      "on items not in the items file: fail, keep them for stage 1 only, or drop "
+                      "them.", flag_values=flag_values)
 
-# --- Stage 2: the image model -------------------------------------------------
-flags.DEFINE_string("backbone", "efficientnet_b0", "EfficientNet backbone: efficientnet_b0..b7, "
-                    "efficientnet_v2_b0..b3, efficientnet_v2_s/m/l, efficientnet_lite0..2 "
-                    "(ImageNet weights offline, see README).")
-flags.DEFINE_string("weights", "none", "Backbone weights: none, imagenet, or a weights file.")
-flags.DEFINE_string("image_size", "64", "Training image size: N or HxW (e.g. 96x64).")
-flags.DEFINE_integer("batch_size", 32, "Batch size.")
-flags.DEFINE_integer("epochs", 30, "Training epochs.")
-flags.DEFINE_enum("optimizer", "adamw", ["adamw", "sgd"], "Optimizer.")
-flags.DEFINE_float("learning_rate", 3e-3, "Peak learning rate (cosine decay).")
-flags.DEFINE_float("weight_decay", 1e-5, "Weight decay.")
-flags.DEFINE_float("clipnorm", 1.0, "Gradient clipping by global norm (0 = off).")
-flags.DEFINE_float("max_loss", 1e4, "Stage 2 stops (keeping its best checkpoint) when the "
-                   "training loss is NaN/inf or its running mean exceeds this (an exploding "
-                   "run; 0 = only NaN/inf).")
-flags.DEFINE_float("dropout", 0.2, "Dropout before the classification layer.")
-flags.DEFINE_float("cf_weight", 2.0, "λ, weight of the CF loss; 0 = the image-only baseline.")
-flags.DEFINE_enum("arm", "multitask", ["multitask", "two_stage", "contrastive"],
-                  "multitask: L_labels + λ·L_cf; two_stage: CF regression first "
-                  "(--pretrain_epochs), then labels only; contrastive: L_labels + λ·triplet "
-                  "loss on the CF head (positive = nearest CF neighbour).")
-flags.DEFINE_enum("cf_confidence", "uniform", ["uniform", "sqrt", "loss"],
-                  "Per-item weights of the CF loss: uniform, sqrt(#interactions), or "
-                  "loss-based (see cfimage/stage2/confidence.py).")
-flags.DEFINE_integer("pretrain_epochs", 5, "two_stage: epochs of CF-only pre-training.")
-flags.DEFINE_float("triplet_margin", 0.25, "contrastive: triplet margin (mean squared units).")
-flags.DEFINE_float("label_ratio", 1.0, "Share of training items that keep their labels.")
-flags.DEFINE_list("split", ["0.7", "0.1", "0.2"], "Train, validation, test fractions.")
-flags.DEFINE_integer("seed", 0, "Seed of the split, label masking and initial weights.")
-flags.DEFINE_enum("task", "auto", ["auto", "multi_label", "single_label"],
-                  "auto: multi-label when any item has more than one label.")
-flags.DEFINE_enum("mixed_precision", "auto", ["auto", "true", "false"],
-                  "auto: mixed_float16 when a GPU is present, float32 on CPU.")
-flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA (auto: GPU only).")
+    # --- Stage 1: collaborative item embeddings ----------------------------------
+    flags.DEFINE_string("cf_embeddings", None, "Skip stage 1 and use these item vectors (.npz "
+                        "with ids/vectors, or .csv item_id,v0,v1,...).", flag_values=flag_values)
+    # Defaults: stage 1's own (cfimage/stage1/two_tower.py, TwoTowerConfig).
+    flags.DEFINE_integer("cf_dim", STAGE1["embedding_dim"], "Two-tower embedding dimension.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("cf_epochs", STAGE1["epochs"], "Two-tower epochs.",
+                         flag_values=flag_values)
+    flags.DEFINE_float("cf_learning_rate", STAGE1["learning_rate"], "Two-tower learning rate "
+                       "(Adagrad).", flag_values=flag_values)
+    flags.DEFINE_float("cf_temperature", STAGE1["temperature"], "Two-tower softmax temperature.",
+                       flag_values=flag_values)
+    flags.DEFINE_float("cf_holdout", STAGE1["holdout_fraction"], "Share of each user's "
+                       "interactions held out for recall@k.", flag_values=flag_values)
+    flags.DEFINE_integer("cf_recall_k", STAGE1["recall_k"], "k of the held-out recall@k report.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("cf_min_interactions", STAGE1["min_interactions"], "Items with fewer "
+                         "interactions get no CF vector (their CF loss is masked).",
+                         flag_values=flag_values)
+    flags.DEFINE_enum("stream_interactions", "auto", ["auto", "true", "false"], "Stage 1 streams "
+                      "the interactions with tf.data (cfimage/stage1/stream.py) instead of "
+                      "loading them into pandas: for logs larger than memory. "
+                      "--interactions_file may then be a glob or a gs:// path (shards with one "
+                      "header). auto: stream when it matches several files or over 256 MB.",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("cf_shuffle_buffer", StreamConfig.shuffle_buffer, "Streaming stage 1: "
+                         "rows in the training shuffle buffer (a log sorted by user needs a "
+                         "large one, or many shards).", flag_values=flag_values)
+    flags.DEFINE_float("cf_target_scale", 0.5, "CF targets are centred and scaled to this RMS "
+                       "per dimension (keeps the exponential CF loss in range).",
+                       flag_values=flag_values)
 
-# --- Scale: distribution strategy and input from TFRecords ---------------------
-flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker", "tpu"],
-                  "Stage-2 tf.distribute strategy (cfimage/stage2/distribute.py). auto: mirrored "
-                  "on >1 GPU, else none. multi_worker reads TF_CONFIG. --batch_size is per "
-                  "replica; the learning rate scales with the replicas.")
-flags.DEFINE_string("tpu", "", "--strategy=tpu: TPU name or grpc:// address ('' = local).")
-flags.DEFINE_string("tfrecords", None, "Stage 2 reads images from these TFRecord shards "
-                    "(e.g. DIR/items-*, written by scripts/make_tfrecords.py at --image_size) "
-                    "instead of decoding and caching the image files: for catalogues whose "
-                    "decoded images do not fit in memory.")
-flags.DEFINE_float("cache_limit_gb", 0.0, "Without --tfrecords, stage 2 caches the decoded "
-                   "images in memory (items x H x W x 3 bytes) up to this size; above it, it "
-                   "writes them once as TFRecord shards under <workdir>/tfrecords_HxW and "
-                   "streams from those. 0 = half of this machine's memory.")
-flags.DEFINE_boolean("sync_batchnorm", False, "Synchronised BatchNormalization: batch "
-                     "statistics over the global batch of all replicas (one all-reduce per "
-                     "layer and step). Use it when the per-replica batch is small.")
+    # --- Stage 2: the image model -------------------------------------------------
+    flags.DEFINE_string("backbone", "efficientnet_b0", "EfficientNet backbone: "
+                        "efficientnet_b0..b7, efficientnet_v2_b0..b3, efficientnet_v2_s/m/l, "
+                        "efficientnet_lite0..2 (ImageNet weights offline, see README).",
+                        flag_values=flag_values)
+    flags.DEFINE_string("weights", "none", "Backbone weights: none, imagenet, or a weights file.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("image_size", "64", "Training image size: N or HxW (e.g. 96x64).",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("batch_size", 32, "Batch size.", flag_values=flag_values)
+    flags.DEFINE_integer("epochs", 30, "Training epochs.", flag_values=flag_values)
+    flags.DEFINE_enum("optimizer", "adamw", ["adamw", "sgd"], "Optimizer.", flag_values=flag_values)
+    flags.DEFINE_float("learning_rate", 3e-3, "Peak learning rate (cosine decay).",
+                       flag_values=flag_values)
+    flags.DEFINE_float("weight_decay", 1e-5, "Weight decay.", flag_values=flag_values)
+    flags.DEFINE_float("clipnorm", 1.0, "Gradient clipping by global norm (0 = off).",
+                       flag_values=flag_values)
+    flags.DEFINE_float("max_loss", 1e4, "Stage 2 stops (keeping its best checkpoint) when the "
+                       "training loss is NaN/inf or its running mean exceeds this (an exploding "
+                       "run; 0 = only NaN/inf).", flag_values=flag_values)
+    flags.DEFINE_float("dropout", 0.2, "Dropout before the classification layer.",
+                       flag_values=flag_values)
+    flags.DEFINE_float("cf_weight", 2.0, "λ, weight of the CF loss, for the arms that read it; 0 "
+                       "= the image-only baseline.", flag_values=flag_values)
+    flags.DEFINE_enum("arm", "multitask", list(arms.ARMS),
+                      f"What stage 2 optimises (cfimage/stage2/arms.py): {arms.describe()}.",
+                      flag_values=flag_values)
+    flags.DEFINE_enum("cf_confidence", "uniform", ["uniform", "sqrt", "loss"], "Per-item weights "
+                      "of the CF loss: uniform, sqrt(#interactions), or loss-based (see "
+                      "cfimage/stage2/confidence.py); the multitask_* arms fix it.",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("pretrain_epochs", 5, "two_stage: epochs of CF-only pre-training.",
+                         flag_values=flag_values)
+    flags.DEFINE_float("triplet_margin", 0.25, "contrastive: triplet margin (mean squared units).",
+                       flag_values=flag_values)
+    flags.DEFINE_float("label_ratio", 1.0, "Share of training items that keep their labels.",
+                       flag_values=flag_values)
+    flags.DEFINE_list("split", ["0.7", "0.1", "0.2"], "Train, validation, test fractions.",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("seed", 0, "Seed of the split, label masking and initial weights.",
+                         flag_values=flag_values)
+    flags.DEFINE_enum("task", "auto", ["auto", "multi_label", "single_label"], "auto: "
+                      "multi-label when any item has more than one label.", flag_values=flag_values)
+    flags.DEFINE_enum("mixed_precision", "auto", ["auto", "true", "false"], "auto: mixed_float16 "
+                      "when a GPU is present, float32 on CPU.", flag_values=flag_values)
+    flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA (auto: GPU only).",
+                      flag_values=flag_values)
 
-# --- Output -------------------------------------------------------------------
-flags.DEFINE_string("workdir", None, "Run directory (default: runs/<model_name>). Running the "
-                    "same command again resumes an interrupted run.")
-flags.DEFINE_string("export_dir", "saved_models", "Base directory of SavedModel exports.")
-flags.DEFINE_string("model_name", None, "Export name (default: the catalogue's folder name, "
-                    "or cfimage_demo).")
-flags.DEFINE_boolean("export", True, "Export a SavedModel at the end.")
-flags.DEFINE_boolean("stage1_only", False, "Stop after stage 1 (CF embeddings in the workdir).")
-flags.DEFINE_integer("threads", 0, "TensorFlow intra- and inter-op threads (0 = default). Two "
-                     "runs with one thread each beat one run with two on a 2-core CPU.")
+    # --- Scale: distribution strategy and input from TFRecords ---------------------
+    flags.DEFINE_enum("strategy", "auto",
+                      ["auto", "one_device", "mirrored", "multi_worker", "tpu"], "Stage-2 "
+                      "tf.distribute strategy (cfimage/stage2/distribute.py). auto: mirrored on "
+                      ">1 GPU, else none. multi_worker reads TF_CONFIG. --batch_size is per "
+                      "replica; the learning rate scales with the replicas.",
+                      flag_values=flag_values)
+    flags.DEFINE_string("tpu", "", "--strategy=tpu: TPU name or grpc:// address ('' = local).",
+                        flag_values=flag_values)
+    flags.DEFINE_string("tfrecords", None, "Stage 2 reads images from these TFRecord shards "
+                        "(e.g. DIR/items-*, written by scripts/make_tfrecords.py at "
+                        "--image_size) instead of decoding and caching the image files: for "
+                        "catalogues whose decoded images do not fit in memory.",
+                        flag_values=flag_values)
+    flags.DEFINE_float("cache_limit_gb", 0.0, "Without --tfrecords, stage 2 caches the decoded "
+                       "images in memory (items x H x W x 3 bytes) up to this size; above it, it "
+                       "writes them once as TFRecord shards under <workdir>/tfrecords_HxW and "
+                       "streams from those. 0 = half of this machine's memory.",
+                       flag_values=flag_values)
+    flags.DEFINE_boolean("sync_batchnorm", False, "Synchronised BatchNormalization: batch "
+                         "statistics over the global batch of all replicas (one all-reduce per "
+                         "layer and step). Use it when the per-replica batch is small.",
+                         flag_values=flag_values)
+
+    # --- Output -------------------------------------------------------------------
+    flags.DEFINE_string("workdir", None, "Run directory (default: runs/<model_name>). Running "
+                        "the same command again resumes an interrupted run.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("export_dir", "saved_models", "Base directory of SavedModel exports.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("model_name", None, "Export name (default: the catalogue's folder name, "
+                        "or cfimage_demo).", flag_values=flag_values)
+    flags.DEFINE_boolean("export", True, "Export a SavedModel at the end.", flag_values=flag_values)
+    flags.DEFINE_boolean("stage1_only", False, "Stop after stage 1 (CF embeddings in the "
+                         "workdir).", flag_values=flag_values)
+    flags.DEFINE_integer("threads", 0, "TensorFlow intra- and inter-op threads (0 = default). "
+                         "Two runs with one thread each beat one run with two on a 2-core CPU.",
+                         flag_values=flag_values)
+
+    # --- Bounds (absl stops the parse with "flag --name=value: message", exit status 1) ---
+    bounds = {
+        "label_ratio": (lambda value: 0.0 < value <= 1.0,
+                        "must be in (0, 1]: the share of training items that keep their labels"),
+        "cf_weight": (lambda value: value >= 0, "λ must be >= 0 (0 = the image-only baseline)"),
+        "image_size": (lambda text: config_lib.parse_image_size(text) is not None,
+                       f"use N or HxW with sides >= {config_lib.MIN_IMAGE_SIDE}, e.g. 96x64"),
+        "max_loss": (lambda value: value >= 0, "must be >= 0 (0 = stop only on NaN/inf)"),
+        "cache_limit_gb": (lambda value: value >= 0, "must be >= 0 (0 = half the memory)"),
+        "cf_target_scale": (lambda value: value > 0, "--cf_target_scale must be > 0."),
+        "pretrain_epochs": (lambda value: value >= 1, "must be >= 1"),
+        "dropout": (lambda value: 0.0 <= value < 1.0, "must be in [0, 1)"),
+        "learning_rate": (lambda value: value > 0, "must be > 0"),
+        "threads": (lambda value: value >= 0, "must be >= 0 (0 = TensorFlow's default)"),
+    }
+    for name, (check, message) in bounds.items():
+        flags.register_validator(name, check, message=message, flag_values=flag_values)
+    flags.register_multi_flags_validator(
+        ["epochs", "batch_size"], lambda values: min(values.values()) >= 1,
+        message="--epochs and --batch_size must be >= 1.", flag_values=flag_values)
 
 
 def log(message):
     print(f"[cfimage] {message}", flush=True)
-
-
-def fail(message):
-    """Stops the run for a user mistake: one clear message on stderr, exit status 1."""
-    raise SystemExit(f"cfimage: error: {message}")
-
-
-def parse_image_size(text):
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) < 32:
-        fail(f"--image_size={text!r}: use N or HxW with sides >= 32, e.g. 96x64")
-    return tuple(parts)
-
-
-def check_flags():
-    if not 0.0 < FLAGS.label_ratio <= 1.0:
-        fail(f"--label_ratio={FLAGS.label_ratio}: must be in (0, 1].")
-    if FLAGS.cf_weight < 0:
-        fail(f"--cf_weight={FLAGS.cf_weight}: λ must be >= 0.")
-    if FLAGS.epochs < 1 or FLAGS.batch_size < 1:
-        fail("--epochs and --batch_size must be >= 1.")
-    if FLAGS.max_loss < 0:
-        fail(f"--max_loss={FLAGS.max_loss}: must be >= 0 (0 = stop only on NaN/inf).")
-    if FLAGS.cache_limit_gb < 0:
-        fail(f"--cache_limit_gb={FLAGS.cache_limit_gb}: must be >= 0 (0 = half the memory).")
-    if FLAGS.cf_target_scale <= 0:
-        fail("--cf_target_scale must be > 0.")
-    try:
-        fractions = tuple(float(f) for f in FLAGS.split)
-    except ValueError:
-        fractions = ()
-    if len(fractions) != 3:
-        fail(f"--split={','.join(FLAGS.split)}: give three fractions, e.g. 0.7,0.1,0.2")
-    if min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-6:
-        fail(f"--split={','.join(FLAGS.split)}: train, validation and test fractions must "
-             "each be > 0 and sum to 1, e.g. 0.7,0.1,0.2")
-    return parse_image_size(FLAGS.image_size), fractions

@@ -7,6 +7,10 @@ import sys
 
 import pytest
 
+from cfimage.stage2.arms import ARMS
+
+pytestmark = pytest.mark.slow  # every test starts a child process
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 SCRIPTS = ["scripts/benchmark_gpu.sh", "scripts/experiment_gpu.sh"]
 
@@ -36,6 +40,5 @@ def test_experiment_script_uses_existing_flags():
     assert {"arms", "cf_weights", "workdir", "train_flags"} <= experiment
     assert used <= experiment | train, used - experiment - train
     # Every arm the script names is one the runner knows.
-    from cfimage.experiment import ARMS
     for arms in re.findall(r"(?:ARMS:-|run_grid )\"?([a-z_,]+)", text):
         assert set(arms.split(",")) <= set(ARMS), arms

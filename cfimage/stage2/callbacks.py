@@ -1,4 +1,5 @@
-"""Training callbacks: checkpoint selection on validation mAP, learning-rate logging."""
+"""Training callbacks: validation mAP into the logs and the best checkpoint chosen on it
+(Keras' ModelCheckpoint), step times, a stop on a diverging loss."""
 
 import json
 import math
@@ -12,55 +13,92 @@ from cfimage import atomic
 from cfimage.stage2.metrics import evaluate_scores
 
 
-class SelectByValidationMAP(keras.callbacks.Callback):
-    """After each epoch: validation macro mAP into the logs; keep the best weights.
+class ValidationMAP(keras.callbacks.Callback):
+    """After each epoch: validation macro mAP and precision@1 (and the learning rate) into the
+    logs, as `val_map` and `val_precision_at_1`, for the callbacks after it (ModelCheckpoint,
+    CSVLogger, TensorBoard). Scores that are not finite (the weights went NaN/inf; the NaN
+    guard stops the run) give NaN, which no checkpoint selection counts as an improvement."""
 
-    The checkpoint is chosen on validation only; the test split is never
-    looked at during training. The best value survives a resume (a state
-    file next to the checkpoint) so a restarted run does not overwrite a
-    better checkpoint with a worse one. Put it before TensorBoard in the
-    callback list so that TensorBoard also records what it adds to the logs.
-    """
-
-    def __init__(self, dataset, labels, label_names, checkpoint_path, log=print):
+    def __init__(self, dataset, labels, label_names):
         super().__init__()
         self.dataset = dataset
         self.labels = labels
         self.label_names = label_names
-        self.checkpoint_path = checkpoint_path
-        self.state_path = checkpoint_path.replace(".weights.h5", ".json")
-        self.log = log
-        self.best = -math.inf
-        self.best_epoch = None
-        if os.path.isfile(self.state_path):
-            with open(self.state_path) as f:
-                state = json.load(f)
-            self.best, self.best_epoch = state["val_map"], state["epoch"]
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         scores = self.model.predict(self.dataset, verbose=0)["labels"]
         logs["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
         if not np.all(np.isfinite(scores)):
-            # The weights went NaN/inf (StopOnNonFiniteLoss stops the run): record it and
-            # keep the best checkpoint as it is.
             logs["val_map"] = logs["val_precision_at_1"] = float("nan")
-            self.log(f"epoch {epoch + 1}: val_map nan (the model's validation scores are not "
-                     "finite); the best checkpoint is not touched")
             return
         metrics = evaluate_scores(self.labels, scores, self.label_names)
         logs["val_map"] = metrics["macro_map"]
         logs["val_precision_at_1"] = metrics["precision_at_1"]
-        improved = metrics["macro_map"] > self.best
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """The record of a ModelCheckpoint(monitor="val_map", mode="max", save_best_only=True):
+    when it saved a better epoch (into `<best>.saving.weights.h5`), this moves the file into
+    place in one rename (a run killed mid-write keeps its previous best intact) and writes the
+    best value and epoch next to it (`<best>.json`), which metrics.json reports and a resumed
+    run starts from. It also logs one line per epoch."""
+
+    def __init__(self, checkpoint_path, log=print):
+        super().__init__()
+        self.path = checkpoint_path
+        self.saving_path = checkpoint_path.replace(".weights.h5", ".saving.weights.h5")
+        self.state_path = checkpoint_path.replace(".weights.h5", ".json")
+        self.log = log
+        self.best, self.best_epoch = -math.inf, None
+        if os.path.isfile(self.state_path):
+            with open(self.state_path) as f:
+                state = json.load(f)
+            self.best, self.best_epoch = state["val_map"], state["epoch"]
+        # Selection itself is Keras': strictly greater than the best so far (NaN never is).
+        self.checkpoint = keras.callbacks.ModelCheckpoint(
+            self.saving_path, monitor="val_map", mode="max", save_best_only=True,
+            save_weights_only=True, initial_value_threshold=self.best)
+
+    def forget(self):
+        """Removes the best checkpoint of an earlier run (a fresh run starts from -inf)."""
+        for stale in (self.path, self.saving_path, self.state_path):
+            if os.path.exists(stale):
+                os.remove(stale)
+        self.best, self.best_epoch = -math.inf, None
+        self.checkpoint.best = -math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if math.isnan(logs.get("val_map", math.nan)):
+            self.log(f"epoch {epoch + 1}: val_map nan (the model's validation scores are not "
+                     "finite); the best checkpoint is not touched")
+            return
+        improved = float(self.checkpoint.best) != self.best
         if improved:
-            self.best, self.best_epoch = metrics["macro_map"], epoch + 1
-            atomic.save_weights(self.model, self.checkpoint_path)
+            os.replace(self.saving_path, self.path)
+            self.best, self.best_epoch = float(self.checkpoint.best), epoch + 1
             atomic.write_json(self.state_path, {"val_map": self.best, "epoch": self.best_epoch})
         losses = "  ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items())
                            if k.endswith("loss") and isinstance(v, float))
-        self.log(f"epoch {epoch + 1}: {losses}  val_map {metrics['macro_map']:.4f}  "
-                 f"val_p@1 {metrics['precision_at_1']:.3f}"
+        self.log(f"epoch {epoch + 1}: {losses}  val_map {logs['val_map']:.4f}  "
+                 f"val_p@1 {logs['val_precision_at_1']:.3f}"
                  + ("  (best so far, saved)" if improved else ""))
+
+
+def select_by_validation_map(dataset, labels, label_names, checkpoint_path, resuming,
+                             log=print):
+    """Callbacks that keep the weights of the epoch with the best validation macro mAP at
+    `checkpoint_path`: [ValidationMAP, ModelCheckpoint, BestCheckpoint], in this order, and
+    the BestCheckpoint (its `best`, `best_epoch`). The test split is never looked at. A fresh
+    run (not `resuming`) forgets the best checkpoint of an earlier run in its workdir; a
+    resumed one only replaces it with a better epoch. Put them before TensorBoard in the
+    callback list so that TensorBoard also records what they add to the logs."""
+    record = BestCheckpoint(checkpoint_path, log=log)
+    if not resuming:
+        record.forget()
+    os.makedirs(os.path.dirname(checkpoint_path) or ".", exist_ok=True)
+    return [ValidationMAP(dataset, labels, label_names), record.checkpoint, record], record
 
 
 class StepTimer(keras.callbacks.Callback):

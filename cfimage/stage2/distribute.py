@@ -64,7 +64,7 @@ def _keras3_compatible(strategy):
     per-replica tensors) before the first step, which this strategy's reduce rejects, and with
     `axis=0` on scalar metric values after every step, which fails. This instance's `reduce`
     maps over the nest and reduces scalars across replicas without an axis; other strategies
-    and other instances are untouched. Checked by tests/test_distribute.py (two workers).
+    and other instances are untouched. Checked by tests/stage2/test_distribute.py (two workers).
     """
     reduce = strategy.reduce
 

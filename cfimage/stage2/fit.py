@@ -1,10 +1,5 @@
-"""Stage-2 training mechanics: optimizer, compile per arm, a resumable fit.
-
-Arms (docs/method.md, "Baselines"):
-  multitask:   L = L_labels + λ·L_cf (λ = 0 is the image-only baseline);
-  two_stage:   first regress the CF targets only, then train on labels only;
-  contrastive: L = L_labels + λ·triplet loss on the CF head.
-"""
+"""Stage-2 training mechanics: optimizer, compile per arm (cfimage/stage2/arms.py), a
+resumable fit that stops on a diverging loss."""
 
 import os
 import sys
@@ -12,10 +7,13 @@ import sys
 import keras
 import numpy as np
 
-from cfimage.stage2 import losses
+from cfimage.errors import UserError
+from cfimage.stage2 import arms, losses
 from cfimage.stage2.callbacks import StopOnDivergence
 
-ARMS = ("multitask", "two_stage", "contrastive")
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN/inf or exploded: the message says where and what to try."""
 
 
 def make_optimizer(name, learning_rate, weight_decay, clipnorm, total_steps):
@@ -32,7 +30,9 @@ def make_optimizer(name, learning_rate, weight_decay, clipnorm, total_steps):
 
 def compile_model(model, optimizer, label_loss, arm, label_weight, cf_weight, jit_compile,
                   triplet_margin=0.25):
-    if arm == "contrastive":
+    """Compiles the two-headed model: L = label_weight·L_labels + cf_weight·L_cf, with the CF
+    loss of `arm` (a name in arms.ARMS)."""
+    if arms.get(arm).cf_loss == arms.TRIPLET:
         cf_loss, cf_metrics = losses.CFTripletLoss(triplet_margin), []
     else:
         cf_loss = losses.CFReconstructionLoss()
@@ -47,8 +47,8 @@ def resumable_fit(model, train_ds, val_ds, epochs, workdir, tag, callbacks=(), l
                   max_loss=None):
     """model.fit that a killed run resumes (BackupAndRestore in <workdir>/backup[_tag]).
 
-    Raises SystemExit with the stage and step when the loss stops being finite or, with
-    `max_loss`, grows above it (the epoch's running mean of the training loss).
+    Raises TrainingDiverged (a UserError) with the stage and step when the loss stops being
+    finite or, with `max_loss`, grows above it (the epoch's running mean of the training loss).
     """
     suffix = f"_{tag}" if tag else ""
     nan_guard = StopOnDivergence(max_loss)
@@ -73,6 +73,6 @@ def resumable_fit(model, train_ds, val_ds, epochs, workdir, tag, callbacks=(), l
                 else "no checkpoint had been chosen yet")
         what = (f"became {value}" if not np.isfinite(value) else
                 f"exploded to {value:.4g} (above --max_loss={max_loss:g})")
-        raise SystemExit(f"stage 2{' (' + tag + ')' if tag else ''}: the loss {what} at "
-                         f"training step {step}; stopped ({kept}). Try a lower "
-                         "--learning_rate, a --clipnorm or a lower --cf_weight.")
+        raise TrainingDiverged(f"stage 2{' (' + tag + ')' if tag else ''}: the loss {what} at "
+                               f"training step {step}; stopped ({kept}). Try a lower "
+                               "--learning_rate, a --clipnorm or a lower --cf_weight.")

@@ -3,7 +3,6 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from cfimage import experiment
 from cfimage.experiments import report
 
 
@@ -61,12 +60,3 @@ def test_mean_ci_of_known_values():
     assert report.mean_ci([0.5, 0.5, 0.5]) == (0.5, 0.0)
     mean, half = report.mean_ci([0.7])
     assert mean == 0.7 and np.isnan(half)
-
-
-def test_plan_is_seed_major_and_baselines_have_one_lambda():
-    cells = experiment.plan_cells(["image_only", "multitask"], ["0.1", "1.0"], ["1", "2"],
-                                  ["0", "1"])
-    assert len(cells) == 2 * 2 * (1 + 2)
-    assert [c["seed"] for c in cells[:6]] == [0] * 6
-    assert {c["cf_weight"] for c in cells if c["arm"] == "image_only"} == {0.0}
-    assert len({c["name"] for c in cells}) == len(cells)

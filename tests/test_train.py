@@ -10,6 +10,8 @@ import textwrap
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # trains in child processes
+
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 TINY = ["--demo_items=120", "--demo_users=60", "--image_size=32", "--epochs=2",
         "--batch_size=16", "--cf_epochs=2"]
@@ -41,7 +43,16 @@ def test_run_prints_metrics_and_fills_the_workdir(demo_run):
         "cross", "diamond", "disc", "hstripe", "ring", "square", "triangle", "vstripe"}
     assert metrics["best_epoch"] in (1, 2)
     assert "recall@10" in metrics["stage1"] and "popularity_recall@10" in metrics["stage1"]
+    assert metrics["arm"] == "multitask" and metrics["cf_weight"] == 2.0
+    assert metrics["cf_confidence"] == "uniform"
     assert "--epochs=2" in (run / "flags.txt").read_text()
+    config = json.loads((run / "config.json").read_text())
+    assert config["stage1"]["two_tower"]["epochs"] == 2  # --cf_epochs, as stage 1 ran it
+    assert config["stage1"]["two_tower"]["learning_rate"] == 0.1  # stage 1's own default
+    assert config["stage2"]["image_size"] == [32, 32] and config["stage2"]["epochs"] == 2
+    assert config["output"]["workdir"] == str(run)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "best.json", "best.weights.h5"]
     assert (run / "checkpoints" / "best.weights.h5").is_file()
     assert not (run / "backup").exists()  # removed once training finished
     with np.load(run / "cf_embeddings.npz") as vectors:
@@ -101,17 +112,34 @@ def test_user_vectors_skip_stage_1(demo_run, tmp_path):
     ("--image_size=8", "sides >= 32"),
     ("--backbone=resnet50", "unknown backbone 'resnet50'"),
 ])
-def test_bad_flags_give_one_clear_message(tmp_path, flag, message):
+def test_bad_flags_give_one_clear_message_before_any_work(tmp_path, flag, message):
     result = run_train(TINY + [flag, f"--workdir={tmp_path}/run", "--noexport"],
                        cwd=str(tmp_path))
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "stage 1: two-tower" not in result.stdout
+    assert not (tmp_path / "run" / "demo_catalogue").exists()
+
+
+def test_a_user_error_found_while_running_is_one_line_and_exit_status_1(tmp_path):
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "bad.png").write_bytes(b"not an image")
+    (tmp_path / "cat" / "items.csv").write_text("item_id,image,labels\nitem1,bad.png,a\n")
+    (tmp_path / "cat" / "interactions.csv").write_text("user_id,item_id\nu1,item1\n")
+    result = run_train(TINY + [f"--catalogue={tmp_path}/cat", f"--workdir={tmp_path}/run",
+                               "--noexport"], cwd=str(tmp_path))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"cfimage: error: {tmp_path}/cat/items.csv, line 2, item 'item1': image ")
+    assert "--on_bad_image=skip" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("arm_flags,expected", [
     (["--arm=two_stage", "--pretrain_epochs=1"], "two-stage: phase 1, 1 epochs"),
     (["--arm=contrastive", "--cf_confidence=loss"], "CF confidence weights (loss)"),
+    (["--arm=image_only", "--cf_weight=3"], "stage 2 (image_only): 1 epochs of "),
 ])
 def test_paper_baselines_and_variants_run(demo_run, tmp_path, arm_flags, expected):
     base, _ = demo_run
@@ -121,4 +149,9 @@ def test_paper_baselines_and_variants_run(demo_run, tmp_path, arm_flags, expecte
                        cwd=str(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert expected in result.stdout
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["macro_map"] > 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["test"]["macro_map"] > 0
+    assert metrics["arm"] == arm_flags[0].split("=")[1]
+    # Only the arms that read --cf_weight train with it; the others say so in their log.
+    assert metrics["cf_weight"] == {"contrastive": 2.0}.get(metrics["arm"], 0.0)
+    assert f"λ = {metrics['cf_weight']} (the first step" in result.stdout

@@ -16,7 +16,7 @@ import tensorflow as tf
 from cfimage.catalogue import demo
 from cfimage.stage2 import distribute
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
 def fake_strategy(task_type, task_id, cluster, replicas=2):

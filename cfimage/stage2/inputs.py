@@ -1,0 +1,92 @@
+"""Stage 2's inputs of a run: CF targets, split and label masking, CF-loss weights of the arm,
+and the train/validation/test datasets (decoded images cached in memory, or TFRecord shards
+when they would not fit)."""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from cfimage.errors import UserError
+from cfimage.stage2 import arms, confidence, data, tfrecords
+
+
+@dataclasses.dataclass
+class Stage2Inputs:
+    splits: dict  # "train"/"validation"/"test" -> item rows
+    labelled: np.ndarray  # (num_items,) bool: labels kept after --label_ratio masking
+    multi_label: bool
+    cf_scaling: dict  # how the CF vectors were centred and scaled into targets
+    train: object  # tf.data.Dataset of (pixels, {"labels", "cf"}) batches
+    validation: object
+    test: object
+
+
+def prepare(catalogue, vectors, has_vector, stage2, cf_target_scale, task, global_batch,
+            outdir, count_interactions, log=print):
+    """The Stage2Inputs of a run with the Stage2Config `stage2` (cfimage/config.py).
+    `count_interactions()` gives the interactions per item, called only for sqrt weights."""
+    cf_targets, cf_scaling = data.scale_cf_targets(vectors, has_vector, cf_target_scale)
+    log(f"CF targets: {int(has_vector.sum())}/{catalogue.num_items} items have a vector "
+        f"(dim {vectors.shape[1]}); the others are masked in the CF loss")
+    multi_label = catalogue.multi_label if task == "auto" else task == "multi_label"
+
+    # Split and label masking (one seed: every arm of a seed sees the same ones).
+    try:
+        splits = data.split_items(catalogue.num_items, catalogue.labelled, stage2.split,
+                                  stage2.seed)
+    except ValueError as error:  # too few labelled items for validation and test
+        raise UserError(f"--split={','.join(str(f) for f in stage2.split)}: {error}") from None
+    train_rows = splits["train"]
+    labelled = data.mask_labels(catalogue.labelled, train_rows, stage2.label_ratio, stage2.seed)
+    log(f"split (seed {stage2.seed}): train {len(train_rows)} "
+        f"({int(labelled[train_rows].sum())} labelled, label_ratio {stage2.label_ratio}), "
+        f"validation {len(splits['validation'])}, test {len(splits['test'])}")
+
+    # The CF loss of the arm: its per-item weights and, for the triplet loss, its positives.
+    kind = stage2.cf_confidence
+    weights = confidence.confidence_weights(
+        kind, has_vector, interaction_counts=count_interactions() if kind == "sqrt" else None,
+        vectors=vectors, labels=catalogue.labels, labelled=labelled, train_rows=train_rows,
+        seed=stage2.seed)
+    if kind != "uniform":
+        log(f"CF confidence weights ({kind}): training items "
+            f"{weights[train_rows][has_vector[train_rows]].min():.2f}.."
+            f"{weights[train_rows].max():.2f}, mean "
+            f"{weights[train_rows][has_vector[train_rows]].mean():.2f}")
+    cf_for_loss = cf_targets
+    if stage2.arm_spec.cf_loss == arms.TRIPLET:  # the target is the nearest CF neighbour's vector
+        neighbours = data.nearest_cf_neighbours(cf_targets, has_vector)
+        cf_for_loss = np.where(neighbours[:, None] >= 0, cf_targets[neighbours], 0.0)
+        weights = np.where(neighbours >= 0, weights, 0.0).astype(np.float32)
+    targets = data.pack_targets(catalogue.labels, labelled, cf_for_loss, weights)
+
+    shards = stage2.tfrecords or _shards_when_too_big(catalogue, targets, stage2, outdir, log)
+
+    def dataset(name, training):
+        index = splits[name]
+        if shards:  # images from the shards, targets of this run (by item_id)
+            return tfrecords.make_dataset(shards, stage2.image_size, global_batch, training,
+                                          stage2.seed, item_ids=catalogue.item_ids[index],
+                                          targets={k: v[index] for k, v in targets.items()})
+        return data.make_dataset(catalogue.image_paths[index],
+                                 {k: v[index] for k, v in targets.items()}, stage2.image_size,
+                                 global_batch, training=training, seed=stage2.seed)
+
+    return Stage2Inputs(splits, labelled, multi_label, cf_scaling, dataset("train", True),
+                        dataset("validation", False), dataset("test", False))
+
+
+def _shards_when_too_big(catalogue, targets, stage2, outdir, log):
+    """TFRecord shards of the decoded images when caching them would pass the memory limit
+    (--cache_limit_gb), written once under <workdir>/tfrecords_HxW; else None."""
+    limit = (stage2.cache_limit_gb * 2**30 if stage2.cache_limit_gb > 0
+             else tfrecords.default_cache_limit())
+    needed = tfrecords.cache_bytes(catalogue.num_items, stage2.image_size)
+    if needed <= limit:
+        return None
+    log(f"the decoded images need {needed / 2**30:.2f} GiB, more than the cache limit "
+        f"{limit / 2**30:.2f} GiB (--cache_limit_gb): stage 2 streams them from TFRecords")
+    return tfrecords.shards_for_run(
+        os.path.join(outdir, "tfrecords_{}x{}".format(*stage2.image_size)), catalogue.item_ids,
+        catalogue.image_paths, targets, stage2.image_size, catalogue.label_names, log=log)

@@ -1,0 +1,61 @@
+"""The experiment's cells (cfimage/experiments/runner.py): the grid, each cell's flags, and
+cells run as child processes a few at a time."""
+
+import json
+import os
+
+import pytest
+
+from cfimage.experiments import runner
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def test_plan_is_seed_major_and_arms_without_lambda_have_one_cell():
+    cells = runner.plan_cells(["image_only", "multitask", "two_stage"], ["0.1", "1.0"],
+                              ["1", "2"], ["0", "1"])
+    assert len(cells) == 2 * 2 * (1 + 2 + 1)
+    assert [c["seed"] for c in cells[:8]] == [0] * 8
+    assert {c["cf_weight"] for c in cells if c["arm"] == "image_only"} == {0.0}
+    assert {c["cf_weight"] for c in cells if c["arm"] == "two_stage"} == {1.0}
+    # The names an earlier version of the runner gave its cell directories.
+    assert [c["name"] for c in cells[:4]] == [
+        "image_only_r0.1_l0_s0", "multitask_r0.1_l1_s0", "multitask_r0.1_l2_s0",
+        "two_stage_r0.1_l1_s0"]
+    assert len({c["name"] for c in cells}) == len(cells)
+
+
+def test_cell_flags_name_the_arm_and_fix_its_confidence(tmp_path):
+    sqrt, plain = runner.plan_cells(["multitask_sqrt", "multitask"], ["0.3"], ["2"], ["4"])
+    flags = runner.cell_flags(sqrt, str(tmp_path), threads=1)
+    assert flags == ["--arm=multitask_sqrt", "--cf_weight=2.0", "--cf_confidence=sqrt",
+                     "--label_ratio=0.3", "--seed=4",
+                     f"--workdir={tmp_path}/cells/multitask_sqrt_r0.3_l2_s4", "--noexport",
+                     "--threads=1"]
+    assert not any(f.startswith("--cf_confidence") for f in runner.cell_flags(plain, "w", 0))
+
+
+@pytest.mark.slow
+def test_cells_run_in_parallel_report_failures_and_finished_cells_are_skipped(tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", ROOT)
+    cells = runner.plan_cells(["image_only", "multitask"], ["1.0"], ["2"], ["0"])
+    done = tmp_path / "cells" / cells[0]["name"]
+    done.mkdir(parents=True)
+    (done / "metrics.json").write_text(json.dumps({
+        "validation_map": 0.5, "test": {"macro_map": 0.4, "precision_at_1": 0.3},
+        "best_epoch": 2, "train_seconds": 1.0}))
+    messages = []
+    # An out-of-range flag: the child stops while parsing its flags, with exit status 1.
+    runner.run_cells(cells, ["--max_loss=-1"], str(tmp_path), parallel=2, threads=1,
+                     log=messages.append)
+    assert messages[0] == "2 cells, 1 already finished, 1 to run (2 at a time)"
+    assert messages[1] == "started multitask_r1.0_l2_s0"
+    assert messages[2].startswith("multitask_r1.0_l2_s0 FAILED (exit 1; see "
+                                  "cells/multitask_r1.0_l2_s0/log.txt); 1 done")
+    log = (tmp_path / "cells" / "multitask_r1.0_l2_s0" / "log.txt").read_text()
+    assert "flag --max_loss=-1.0: must be >= 0" in log
+    results = runner.collect(cells, str(tmp_path))
+    assert results.to_dict("records") == [{
+        "arm": "image_only", "label_ratio": 1.0, "cf_weight": 0.0, "seed": 0, "val_map": 0.5,
+        "test_map": 0.4, "test_precision_at_1": 0.3, "best_epoch": 2, "seconds": 1.0}]
