@@ -40,17 +40,29 @@ def recall_at_k(user_scores, train_items, heldout_items, k, chunk=1024):
     for begin in range(0, n_users, chunk):
         rows = slice(begin, min(begin + chunk, n_users))
         scores = np.array(get(rows), dtype=np.float64)
-        for r, user in enumerate(range(rows.start, rows.stop)):
-            heldout = heldout_items[user]
-            if len(heldout) == 0:
-                continue
-            train = train_items[user]
-            scores[r, train[train >= 0]] = -np.inf
-            top = min(k, scores.shape[1])
-            top_k = np.argpartition(-scores[r], top - 1)[:top]
-            hits = len(np.intersect1d(top_k, heldout[heldout >= 0]))
-            recalls.append(hits / min(k, len(heldout)))
-    return float(np.mean(recalls)) if recalls else float("nan")
+        n_rows, n_candidates = scores.shape
+        row, column = _pairs(train_items[rows])
+        scores[row, column] = -np.inf  # a user's training items are not ranked
+        top = min(k, n_candidates)
+        top_k = np.argpartition(-scores, top - 1, axis=1)[:, :top]
+        held = np.zeros((n_rows, n_candidates), bool)
+        row, column = _pairs(heldout_items[rows])
+        held[row, column] = True
+        hits = held[np.arange(n_rows)[:, None], top_k].sum(axis=1)
+        sizes = np.array([len(items) for items in heldout_items[rows]])
+        scored = sizes > 0  # users without held-out items are skipped
+        recalls.append(hits[scored] / np.minimum(k, sizes[scored]))
+    recalls = np.concatenate(recalls) if recalls else np.zeros(0)
+    return float(np.mean(recalls)) if len(recalls) else float("nan")
+
+
+def _pairs(per_user):
+    """(row, column) of the columns >= 0 in a list of per-user column arrays."""
+    sizes = [len(columns) for columns in per_user]
+    row = np.repeat(np.arange(len(per_user)), sizes)
+    column = (np.concatenate([np.asarray(c, np.int64) for c in per_user]) if sum(sizes)
+              else np.zeros(0, np.int64))
+    return row[column >= 0], column[column >= 0]
 
 
 def holdout_lists(known, heldout, item_vocab):

@@ -61,8 +61,8 @@ class Rows:
         blocks = tf.data.Dataset.from_tensor_slices(
             {name: tf.RaggedTensor.from_row_starts(values, starts)
              for name, values in columns.items()})
-        return two_tower.batches(blocks, self.config.batch_size, max(len(starts), 1),
-                                 self.config.seed)
+        return two_tower.batches(blocks, int(keep.sum()), self.config.batch_size,
+                                 max(len(starts), 1), self.config.seed)
 
     def svd_pairs(self):
         keep = self.keep("holdout")

@@ -66,7 +66,7 @@ def make_dataset(summary, phase, config, stream=None):
               .batch(stream.block_lines)
               .map(decode, num_parallel_calls=tf.data.AUTOTUNE))
     return two_tower.batches(
-        blocks, config.batch_size,
+        blocks, summary.phase(phase).n_rows, config.batch_size,
         two_tower.window_blocks(stream.shuffle_buffer, stream.block_lines), config.seed)
 
 

@@ -38,6 +38,8 @@ from cfimage import atomic
 from cfimage.errors import UserError
 from cfimage.stage1 import holdout
 
+STEPS_PER_EXECUTION = 16  # training steps per call of the train function (see `fit`)
+
 
 @dataclasses.dataclass
 class TwoTowerConfig:
@@ -152,14 +154,16 @@ class TwoTowerModel(tfrs.Model):
 # ---------------------------------------------------------------------------------------------
 # Batches: the shared tail of every input pipeline.
 
-def batches(blocks, batch_size, window_blocks, seed):
+def batches(blocks, rows, batch_size, window_blocks, seed):
     """Blocks of rows (dicts of 1-d "user", "item", "weight" tensors, in the order they were
-    read) -> shuffled batches, reshuffled every epoch.
+    read; `rows` of them in all) -> shuffled batches, reshuffled every epoch.
 
     Blocks are shuffled with a buffer of `window_blocks` blocks; then each window of that many
     blocks is permuted row by row (a seeded permutation per window and epoch) and cut into
-    batches. A window that holds every block is a full shuffle of the rows. The work is per
-    block and per batch, never per row: tf.data's per-element shuffle ran at ~50k rows/s here.
+    batches of `batch_size` (a window's last rows join the next window's). A window that holds
+    every block is a full shuffle of the rows. The work is per block and per batch, never per
+    row: tf.data's per-element shuffle ran at ~50k rows/s here. The dataset knows its length
+    (ceil(rows / batch_size) batches), so that `fit` can run several steps per call.
     """
     def split(window, key):
         rows = {name: values.flat_values for name, values in window.items()}
@@ -175,6 +179,8 @@ def batches(blocks, batch_size, window_blocks, seed):
                .ragged_batch(window_blocks))
     keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
     return (tf.data.Dataset.zip((windows, keys)).flat_map(split)
+            .rebatch(batch_size)
+            .apply(tf.data.experimental.assert_cardinality(math.ceil(rows / batch_size)))
             .prefetch(tf.data.AUTOTUNE))
 
 
@@ -195,7 +201,10 @@ def fit(make_dataset, summary, phase, config, log, writer, backup_dir=None):
     dataset = make_dataset()
     model = TwoTowerModel(len(summary.users), len(summary.items),
                           counts.item_counts / max(counts.n_rows, 1), config)
-    model.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
+    # Several steps per call of the compiled train function: a step here is a few ms, and
+    # Keras' per-call Python work (callbacks, logs) would otherwise be a large share of it.
+    model.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate),
+                  steps_per_execution=STEPS_PER_EXECUTION)
 
     losses = []
     loss_file = os.path.join(backup_dir, phase, "losses.json") if backup_dir else None

@@ -189,16 +189,16 @@ def test_batches_hold_every_row_once_per_epoch_and_reshuffle(window):
         "item": tf.RaggedTensor.from_row_starts(np.arange(n, dtype=np.int32) + 100, starts),
         "weight": tf.RaggedTensor.from_row_starts(np.ones(n, np.float32), starts)})
     tf.keras.utils.set_random_seed(0)
-    dataset = tt.batches(blocks, batch_size=4, window_blocks=window, seed=0)
+    dataset = tt.batches(blocks, rows=n, batch_size=4, window_blocks=window, seed=0)
+    assert len(dataset) == 6
     epochs = [_rows(dataset) for _ in range(2)]
     for batches in epochs:
         users = np.concatenate([b["user"] for b in batches])
         np.testing.assert_array_equal(np.sort(users), np.arange(n))  # every row, once
         for b in batches:  # columns stay aligned
             np.testing.assert_array_equal(b["item"], b["user"] + 100)
-        # Each window of `window` blocks is cut into batches of 4 (the last one smaller).
-        sizes = [len(b["user"]) for b in batches]
-        assert max(sizes) == 4 and sum(s < 4 for s in sizes) <= -(-len(starts) // window)
+        # Batches of 4 across windows; only the last one is smaller.
+        assert [len(b["user"]) for b in batches] == [4, 4, 4, 4, 4, 3]
     first, second = (np.concatenate([b["user"] for b in batches]) for batches in epochs)
     assert not np.array_equal(first, second)  # reshuffled every epoch
 
