@@ -72,18 +72,16 @@ def holdout_lists(known, heldout, item_vocab):
     item_vocab[j]). Known items outside the candidates are -1 (ignored); held-out items outside
     them are -1 too (they count in the denominator but can never be hit).
     """
-    column = {item: j for j, item in enumerate(item_vocab)}
+    columns = pd.Index(np.asarray(item_vocab))
     users = np.array(sorted(heldout["user_id"].unique()))
-    user_row = {user: i for i, user in enumerate(users)}
 
     def per_user(frame):
-        frame = frame[frame["user_id"].isin(user_row)].drop_duplicates(["user_id", "item_id"])
-        cols = frame["item_id"].map(column).fillna(-1).astype(np.int64).to_numpy()
-        rows = frame["user_id"].map(user_row).to_numpy()
-        out = [np.zeros(0, np.int64) for _ in users]
-        for i, group in pd.Series(cols).groupby(rows):
-            out[i] = group.to_numpy()
-        return out
+        frame = frame[frame["user_id"].isin(users)].drop_duplicates(["user_id", "item_id"])
+        rows = np.searchsorted(users, frame["user_id"].to_numpy())
+        cols = columns.get_indexer(frame["item_id"]).astype(np.int64)  # -1: not a candidate
+        order = np.argsort(rows, kind="stable")  # a user's items keep their order
+        ends = np.cumsum(np.bincount(rows, minlength=len(users)))
+        return np.split(cols[order], ends[:-1])
 
     return users, per_user(known), per_user(heldout)
 

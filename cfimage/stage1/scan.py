@@ -142,8 +142,8 @@ class LogCounter:
 
 
 def _add_counts(total, items):
-    values, counts = np.unique(items, return_counts=True)
-    for value, count in zip(values.tolist(), counts.tolist()):
+    counts = pd.Series(items).value_counts(sort=False)  # hashing, not sorting, the ids
+    for value, count in zip(counts.index.tolist(), counts.tolist()):
         total[value] = total.get(value, 0) + count
 
 
