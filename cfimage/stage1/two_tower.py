@@ -48,7 +48,8 @@ class TwoTowerConfig:
     Defaults tuned on MovieLens ml-latest-small (100,836 ratings, 610 users; 2 CPU cores) with
     scripts/stage1_quality.py (docs/results/stage1_movielens.md): dim 64 beat 16/32/128;
     l2 1e-3 added ~0.002-0.003 recall@10; 10-20 epochs, temperature 0.5 or 2.0, and min_rating
-    3.5/4.0 were worse; without logQ correction recall fell to 0.09.
+    3.5/4.0 were worse; without logQ correction recall fell to 0.09. Held-out recall@10 with
+    these defaults: 0.262 vs SVD 0.248 vs popularity 0.117.
     """
     embedding_dim: int = 64
     epochs: int = 5
@@ -65,7 +66,10 @@ class TwoTowerConfig:
     max_eval_users: int = 10_000  # Users (hash-chosen) whose held-out pairs score recall@k.
     min_interactions: int = 1  # Items with fewer rows in the full log get no vector (masked).
     logq_correction: bool = True  # Sampling-bias correction via candidate_sampling_probability.
-    remove_accidental_hits: bool = True
+    # Masking in-batch negatives that are the row's own item: no difference on MovieLens
+    # (recall@10 0.262 either way, docs/results/stage1_movielens.md) and ~15% of a step
+    # (five element-wise ops over the batch x batch scores), so off by default.
+    remove_accidental_hits: bool = False
     # Interactions with weight (e.g. rating) below this are dropped before fitting; None keeps all.
     min_rating: float | None = None
     svd_baseline: bool = True  # Also score a truncated-SVD recommender (rows in memory only).
