@@ -14,8 +14,9 @@ generated (--demo_items items, 64 px PNGs). What is measured, each after a warm-
   training         model.fit images/s of the real model and losses (cfimage/stage2/fit.py),
                    image-only (λ = 0) vs multitask (λ = 2), and their ratio; --rounds
                    alternating rounds of --steps steps, the best round of each counts
-  two-tower        two_tower.train_two_tower on the catalogue's interactions (no holdout):
-                   interactions x epochs / seconds of the fit (tracing included)
+  two-tower        memory.train_two_tower on the catalogue's interactions (no holdout):
+                   interactions x epochs / seconds of the fit (tracing included);
+                   scripts/benchmark_stage1.py compares stage 1 with a bare TFRS loop
   inference        the exported SavedModel's serving_default signature (encoded image bytes
                    in, decode/resize in the graph), loaded with tf.saved_model.load
   GPU only         training images/s, float32 vs mixed_float16, XLA off vs on
@@ -36,7 +37,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from cfimage.catalogue import reader as catalogue_lib
-from cfimage.stage1 import two_tower
+from cfimage.stage1 import memory, two_tower
 from cfimage.stage2 import data
 from cfimage.catalogue import demo
 from cfimage.serving import export
@@ -203,8 +204,8 @@ def main(argv):
     # --- Stage 1: the two-tower model ----------------------------------------------------------
     config = two_tower.TwoTowerConfig(embedding_dim=FLAGS.cf_dim, epochs=FLAGS.cf_epochs,
                                       holdout_fraction=0.0, svd_baseline=False)
-    result = two_tower.train_two_tower(catalogue.interactions, catalogue.item_ids, config,
-                                       log=lambda message: None)
+    result = memory.train_two_tower(catalogue.interactions, catalogue.item_ids, config,
+                                    log=lambda message: None)
     n = len(catalogue.interactions)
     row(f"two-tower training ({n:,} interactions x {FLAGS.cf_epochs} epochs)",
         n * FLAGS.cf_epochs / result.metrics["full_fit_seconds"], "interactions/s",

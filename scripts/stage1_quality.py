@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from absl import app, flags
 
-from cfimage.stage1 import baselines
+from cfimage.stage1 import baselines, memory
 from cfimage.stage1 import two_tower as ce
 
 FLAGS = flags.FLAGS
@@ -79,12 +79,13 @@ def parse_assignment(text):
 
 
 def svd_rank_sweep(interactions, config, ranks):
-    """Held-out recall@k of the SVD baseline per rank, on train_two_tower's split."""
-    known, heldout = ce.split_holdout(interactions, config.holdout_fraction, config.seed)
+    """Held-out recall@k of the SVD baseline per rank, on train_two_tower's split (all users
+    with held-out pairs: the whole sample of a log this size)."""
+    known, heldout = memory.split_holdout(interactions, config.holdout_fraction, config.seed)
     fitted = known if config.min_rating is None else known[known["weight"] >= config.min_rating]
     users = np.array(sorted(fitted["user_id"].unique()))
     items = np.array(sorted(fitted["item_id"].unique()))
-    eval_users, known_items, heldout_items = ce.holdout_lists(known, heldout, items)
+    eval_users, known_items, heldout_items = baselines.holdout_lists(known, heldout, items)
     matrix = baselines.binary_matrix(
         fitted["user_id"].map({u: i for i, u in enumerate(users)}),
         fitted["item_id"].map({m: j for j, m in enumerate(items)}), len(users), len(items))
@@ -93,8 +94,8 @@ def svd_rank_sweep(interactions, config, ranks):
     for rank in ranks:
         start = time.time()
         user_factors, item_factors = baselines.svd_factors(matrix, rank, config.seed)
-        recall = ce.recall_at_k(lambda r: user_factors[rows[r]] @ item_factors.T,
-                                known_items, heldout_items, config.recall_k)
+        recall = baselines.recall_at_k(lambda r: user_factors[rows[r]] @ item_factors.T,
+                                       known_items, heldout_items, config.recall_k)
         out.append({"svd_rank": rank, f"svd_recall@{config.recall_k}": recall,
                     "seconds": time.time() - start})
         print(f"svd rank {rank:4d}: recall@{config.recall_k} {recall:.4f} "
@@ -121,7 +122,7 @@ def main(argv):
 
     if FLAGS.main:
         start = time.time()
-        result = ce.train_two_tower(interactions, catalogue, config)
+        result = memory.train_two_tower(interactions, catalogue, config)
         seconds = time.time() - start
         m = result.metrics
         print(f"\n| model | recall@{k} |\n| --- | --- |\n"
@@ -161,7 +162,7 @@ def main(argv):
         for values in itertools.product(*[v for _, v in axes]):
             row_config = dataclasses.replace(config, **dict(zip(names, values)))
             start = time.time()
-            m = ce.holdout_metrics(interactions, row_config, log=lambda s: None)
+            m = memory.holdout_metrics(interactions, row_config, log=lambda s: None)
             seconds = time.time() - start
             rows.append({**dict(zip(names, values)), **m, "seconds": seconds})
             print(f"| {' | '.join(str(v) for v in values)} | {m[f'recall@{k}']:.3f} | "

@@ -14,8 +14,8 @@ line and the value, and says what would be valid.
 
 import csv
 import dataclasses
-import io
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -76,30 +76,25 @@ class Catalogue:
         return len(self.label_names)
 
 
-def _read_csv(path, what):
-    """Reads a CSV file as strings; returns (frame, file line of each row).
+def read_csv_chunks(path, what, chunk_rows=None, stream=None):
+    """Reads a CSV file as strings, `chunk_rows` rows at a time (all at once when None);
+    yields (frame, file line of each row). The one CSV reader of the catalogue files.
 
     Python's csv module rather than pandas: every row must have as many fields as the
     header (pandas pads short rows and shifts long ones into an index), quoting is
     strict, and each row keeps the file line it starts on (blank lines and quoted line
-    breaks would shift a row count), so every message can name the real line.
+    breaks would shift a row count), so every message can name the real line. Lines are
+    decoded one at a time, so a file of any size is read in bounded memory and a byte that
+    is not UTF-8 is reported with its line. `stream`: an open binary file to read instead of
+    opening `path` (stage 1 reads gs:// files through tf.io.gfile).
     """
-    if not os.path.isfile(path):
-        raise CatalogueError(f"{what} file not found: {path}")
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        text = raw.decode("utf-8-sig")  # a UTF-8 byte-order mark is allowed
-    except UnicodeDecodeError as error:
-        line = raw[:error.start].count(b"\n") + 1
-        raise CatalogueError(
-            f"{path}, line {line}: not valid UTF-8 (byte {raw[error.start:error.start + 1]!r} "
-            f"at offset {error.start}). Save the file as UTF-8.") from None
-    if "\x00" in text:
-        raise CatalogueError(
-            f"{path}, line {text[:text.index(chr(0))].count(chr(10)) + 1}: a NUL character "
-            "(\\x00); this is not a text CSV file (UTF-16 or binary?). Save it as UTF-8 CSV.")
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    if stream is None:
+        if not os.path.isfile(path):
+            raise CatalogueError(f"{what} file not found: {path}")
+        with open(path, "rb") as f:
+            yield from read_csv_chunks(path, what, chunk_rows, f)
+        return
+    reader = csv.reader(_text_lines(path, stream), strict=True)
     rows, lines, start = [], [], 1
     try:
         header = next(reader, None)
@@ -124,16 +119,55 @@ def _read_csv(path, what):
                         "column; quote values that contain a comma.")
                 rows.append(record)
                 lines.append(start)
+                if chunk_rows and len(rows) == chunk_rows:
+                    yield _frame(header, rows), np.asarray(lines, np.int64)
+                    rows, lines = [], []
             start = reader.line_num + 1
     except csv.Error as error:
         raise CatalogueError(
             f"{path}, line {start}: malformed CSV ({error}). A value that contains a "
             'comma, a quote or a line break must be quoted, with quotes inside it doubled ("").'
         ) from None
+    if rows or not chunk_rows:
+        yield _frame(header, rows), np.asarray(lines, np.int64)
+
+
+def _text_lines(path, stream):
+    """The decoded lines of a binary file, split as io.StringIO(newline="") splits them
+    (at \\n, \\r\\n and a lone \\r), for csv.reader."""
+    offset = 0
+    for number, raw in enumerate(stream, start=1):
+        try:
+            text = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM is allowed
+        except UnicodeDecodeError as error:
+            at = offset + error.start
+            raise CatalogueError(
+                f"{path}, line {number}: not valid UTF-8 (byte "
+                f"{raw[error.start:error.start + 1]!r} at offset {at}). Save the file as "
+                "UTF-8.") from None
+        if "\x00" in text:
+            raise CatalogueError(
+                f"{path}, line {number}: a NUL character (\\x00); this is not a text CSV "
+                "file (UTF-16 or binary?). Save it as UTF-8 CSV.")
+        offset += len(raw)
+        if "\r" in (text[:-2] if text.endswith("\r\n") else text[:-1]):
+            yield from _LONE_CR.split(text)
+        else:
+            yield text
+
+
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)(?!$)")
+
+
+def _frame(header, rows):
     columns = list(zip(*rows)) if rows else [()] * len(header)
-    frame = pd.DataFrame({name: pd.Series(values, dtype=object)
-                          for name, values in zip(header, columns)})
-    return frame, np.asarray(lines, np.int64)
+    return pd.DataFrame({name: pd.Series(values, dtype=object)
+                         for name, values in zip(header, columns)})
+
+
+def _read_csv(path, what):
+    """The whole file through read_csv_chunks -> (frame, file line of each row)."""
+    return next(read_csv_chunks(path, what))
 
 
 def _require_columns(frame, path, columns):
@@ -144,12 +178,12 @@ def _require_columns(frame, path, columns):
             "Rename the columns or set the matching --*_column flag.")
 
 
-def _check_ids(values, path, column, lines):
+def _check_ids(values, path, column, lines, scope="in all", unit="line"):
     values = values.str.strip()
     empty = np.flatnonzero(values.to_numpy() == "")
     if len(empty):
-        raise CatalogueError(f"{path}, line {lines[empty[0]]}: empty {column!r} "
-                             f"({len(empty)} row(s) in all); every row needs an id.")
+        raise CatalogueError(f"{path}, {unit} {lines[empty[0]]}: empty {column!r} "
+                             f"({len(empty)} row(s) {scope}); every row needs an id.")
     return values
 
 
@@ -215,16 +249,62 @@ def load_items(root, spec):
     return ids.to_numpy().astype(str), paths, label_names, multi_hot, notes
 
 
-def parse_weights(raw, column, path, lines, scope):
+def parse_weights(raw, column, path, lines, scope, unit="line"):
     """Interaction weights (a column of strings) -> float32, or CatalogueError naming the file,
     line and value of the first one that is not a finite number > 0."""
     weight = pd.to_numeric(raw.str.strip(), errors="coerce").to_numpy(np.float64)
     bad = np.flatnonzero(~np.isfinite(weight) | (weight <= 0))
     if len(bad):
         raise CatalogueError(
-            f"{path}, line {lines[bad[0]]}: {column!r} is {raw.iloc[bad[0]]!r}; weights must "
+            f"{path}, {unit} {lines[bad[0]]}: {column!r} is {raw.iloc[bad[0]]!r}; weights must "
             f"be finite numbers > 0 ({len(bad)} bad row(s) {scope}).")
     return weight.astype(np.float32)
+
+
+def check_interactions(frame, lines, path, spec, known_items, scope="in all", unit="line"):
+    """The one validator of interaction rows, for a whole file (load_interactions) or a chunk
+    of one (stage 1's streaming scan, cfimage/stage1/scan.py).
+
+    frame: string columns as read by read_csv_chunks; lines: their file lines; known_items: a
+    set of the items.csv ids. Returns (user_id, item_id, weight frame, rows on unknown items);
+    rows on unknown items are dropped under unknown_interaction_items=drop, kept under keep.
+    Raises CatalogueError naming the file, line and value of the first bad row (`unit`:
+    "row" for a DataFrame that was not read from a file, cfimage/stage1/memory.py).
+    """
+    _require_columns(frame, path, [spec.user_id_column, spec.interaction_item_column])
+    out = pd.DataFrame({
+        "user_id": _check_ids(frame[spec.user_id_column], path, spec.user_id_column, lines,
+                              scope, unit),
+        "item_id": _check_ids(frame[spec.interaction_item_column], path,
+                              spec.interaction_item_column, lines, scope, unit),
+    })
+    if spec.weight_column and spec.weight_column in frame.columns:
+        out["weight"] = parse_weights(frame[spec.weight_column], spec.weight_column, path,
+                                      lines, scope, unit)
+    else:
+        out["weight"] = np.float32(1.0)
+    known = out["item_id"].isin(known_items).to_numpy()
+    n_unknown = int((~known).sum())
+    if n_unknown and spec.unknown_interaction_items == "fail":
+        first = int(np.argmin(known))
+        raise CatalogueError(
+            f"{path}, {unit} {lines[first]}: item id {out['item_id'].iloc[first]!r} is not in "
+            f"{spec.items_file} ({n_unknown} such row(s) {scope}). Fix the ids, or pass "
+            "--unknown_interaction_items=keep (use them to train the two-tower model) "
+            "or =drop.")
+    if n_unknown and spec.unknown_interaction_items == "drop":
+        out = out[known].reset_index(drop=True)
+    return out, n_unknown
+
+
+def unknown_items_note(n_unknown, spec):
+    """The log line about rows on items outside items.csv (None when there are none)."""
+    if not n_unknown:
+        return None
+    if spec.unknown_interaction_items == "drop":
+        return f"dropped {n_unknown} interaction(s) on items not in the catalogue"
+    return (f"kept {n_unknown} interaction(s) on items not in the catalogue "
+            "(they train the two-tower model only)")
 
 
 def load_interactions(root, spec, item_ids):
@@ -235,45 +315,26 @@ def load_interactions(root, spec, item_ids):
     if frame.empty:
         raise CatalogueError(f"{path}: no rows; stage 1 needs interactions "
                              "(or pass --cf_embeddings with vectors you already have).")
-    out = pd.DataFrame({
-        "user_id": _check_ids(frame[spec.user_id_column], path, spec.user_id_column, lines),
-        "item_id": _check_ids(frame[spec.interaction_item_column], path,
-                              spec.interaction_item_column, lines),
-    })
-    if spec.weight_column and spec.weight_column in frame.columns:
-        out["weight"] = parse_weights(frame[spec.weight_column], spec.weight_column, path,
-                                      lines, "in all")
-    else:
-        out["weight"] = np.float32(1.0)
+    known_items = set(item_ids)
+    out, n_unknown = check_interactions(frame, lines, path, spec, known_items)
     notes = []
     if spec.timestamp_column and spec.timestamp_column in frame.columns:
         # Timestamps are kept for the user's own analysis; training does not read them, so
         # values that are not numbers become NaN, and the log says how many and where.
         raw = frame[spec.timestamp_column].str.strip()
-        out["timestamp"] = pd.to_numeric(raw, errors="coerce")
-        odd = np.flatnonzero(out["timestamp"].isna().to_numpy() & (raw != "").to_numpy())
+        timestamp = pd.to_numeric(raw, errors="coerce")
+        odd = np.flatnonzero(timestamp.isna().to_numpy() & (raw != "").to_numpy())
+        if spec.unknown_interaction_items == "drop":
+            keep = frame[spec.interaction_item_column].str.strip().isin(known_items).to_numpy()
+            timestamp = timestamp[keep]
+        out["timestamp"] = timestamp.to_numpy()
         if len(odd):
             notes.append(f"{path}: {len(odd)} {spec.timestamp_column!r} value(s) are not numbers "
                          f"(first: line {lines[odd[0]]}, {raw.iloc[odd[0]]!r}); kept as NaN "
                          "(timestamps are not used in training)")
-    known = out["item_id"].isin(set(item_ids)).to_numpy()
-    if not known.all():
-        unknown = np.flatnonzero(~known)
-        first = unknown[0]
-        policy = spec.unknown_interaction_items
-        if policy == "fail":
-            raise CatalogueError(
-                f"{path}, line {lines[first]}: item id {out['item_id'].iloc[first]!r} is not in "
-                f"{spec.items_file} ({len(unknown)} such row(s)). Fix the ids, or pass "
-                "--unknown_interaction_items=keep (use them to train the two-tower model) "
-                "or =drop.")
-        if policy == "drop":
-            out = out[known].reset_index(drop=True)
-            notes.append(f"dropped {len(unknown)} interaction(s) on items not in the catalogue")
-        else:
-            notes.append(f"kept {len(unknown)} interaction(s) on items not in the catalogue "
-                         "(they train the two-tower model only)")
-    if not out["item_id"].isin(set(item_ids)).any():
+    if unknown_items_note(n_unknown, spec):
+        notes.append(unknown_items_note(n_unknown, spec))
+    if not out["item_id"].isin(known_items).any():
         raise CatalogueError(f"{path}: no interaction refers to an item of {spec.items_file}.")
     return out, notes
 

@@ -40,17 +40,29 @@ def recall_at_k(user_scores, train_items, heldout_items, k, chunk=1024):
     for begin in range(0, n_users, chunk):
         rows = slice(begin, min(begin + chunk, n_users))
         scores = np.array(get(rows), dtype=np.float64)
-        for r, user in enumerate(range(rows.start, rows.stop)):
-            heldout = heldout_items[user]
-            if len(heldout) == 0:
-                continue
-            train = train_items[user]
-            scores[r, train[train >= 0]] = -np.inf
-            top = min(k, scores.shape[1])
-            top_k = np.argpartition(-scores[r], top - 1)[:top]
-            hits = len(np.intersect1d(top_k, heldout[heldout >= 0]))
-            recalls.append(hits / min(k, len(heldout)))
-    return float(np.mean(recalls)) if recalls else float("nan")
+        n_rows, n_candidates = scores.shape
+        row, column = _pairs(train_items[rows])
+        scores[row, column] = -np.inf  # a user's training items are not ranked
+        top = min(k, n_candidates)
+        top_k = np.argpartition(-scores, top - 1, axis=1)[:, :top]
+        held = np.zeros((n_rows, n_candidates), bool)
+        row, column = _pairs(heldout_items[rows])
+        held[row, column] = True
+        hits = held[np.arange(n_rows)[:, None], top_k].sum(axis=1)
+        sizes = np.array([len(items) for items in heldout_items[rows]])
+        scored = sizes > 0  # users without held-out items are skipped
+        recalls.append(hits[scored] / np.minimum(k, sizes[scored]))
+    recalls = np.concatenate(recalls) if recalls else np.zeros(0)
+    return float(np.mean(recalls)) if len(recalls) else float("nan")
+
+
+def _pairs(per_user):
+    """(row, column) of the columns >= 0 in a list of per-user column arrays."""
+    sizes = [len(columns) for columns in per_user]
+    row = np.repeat(np.arange(len(per_user)), sizes)
+    column = (np.concatenate([np.asarray(c, np.int64) for c in per_user]) if sum(sizes)
+              else np.zeros(0, np.int64))
+    return row[column >= 0], column[column >= 0]
 
 
 def holdout_lists(known, heldout, item_vocab):
@@ -60,18 +72,16 @@ def holdout_lists(known, heldout, item_vocab):
     item_vocab[j]). Known items outside the candidates are -1 (ignored); held-out items outside
     them are -1 too (they count in the denominator but can never be hit).
     """
-    column = {item: j for j, item in enumerate(item_vocab)}
+    columns = pd.Index(np.asarray(item_vocab))
     users = np.array(sorted(heldout["user_id"].unique()))
-    user_row = {user: i for i, user in enumerate(users)}
 
     def per_user(frame):
-        frame = frame[frame["user_id"].isin(user_row)].drop_duplicates(["user_id", "item_id"])
-        cols = frame["item_id"].map(column).fillna(-1).astype(np.int64).to_numpy()
-        rows = frame["user_id"].map(user_row).to_numpy()
-        out = [np.zeros(0, np.int64) for _ in users]
-        for i, group in pd.Series(cols).groupby(rows):
-            out[i] = group.to_numpy()
-        return out
+        frame = frame[frame["user_id"].isin(users)].drop_duplicates(["user_id", "item_id"])
+        rows = np.searchsorted(users, frame["user_id"].to_numpy())
+        cols = columns.get_indexer(frame["item_id"]).astype(np.int64)  # -1: not a candidate
+        order = np.argsort(rows, kind="stable")  # a user's items keep their order
+        ends = np.cumsum(np.bincount(rows, minlength=len(users)))
+        return np.split(cols[order], ends[:-1])
 
     return users, per_user(known), per_user(heldout)
 

@@ -1,7 +1,16 @@
-"""Stage 1's held-out evaluation: recall@k of the two-tower model against popularity and a
-truncated-SVD recommender, its log line and TensorBoard scalars, and the saved metrics that let
-a killed stage 1 skip the held-out fit when it restarts. Used by the in-memory path
-(cfimage/stage1/two_tower.py) and the streaming path (cfimage/stage1/stream.py).
+"""Stage 1's one held-out protocol: which (user, item) pairs are held out, which users are
+scored, and recall@k of the two-tower model against popularity and (when the fitted rows are
+in memory) a truncated-SVD recommender; its log line and TensorBoard scalars; and the saved
+metrics that let a killed stage 1 skip the held-out fit when it restarts.
+
+The same rules hold wherever the rows come from (a pandas frame or streamed files):
+  * a pair (user, item) is held out when a seeded hash of it falls below holdout_fraction
+    (`heldout_mask`): all rows of a pair go to one side, and no per-user state is needed.
+    The share is holdout_fraction of the distinct pairs on average; per user only in
+    expectation (a user with one item may have it held out, and is then scored on it);
+  * recall@k is measured for the users of smallest seeded hash (`user_rank`), at most
+    TwoTowerConfig.max_eval_users of them (all users of a smaller log), with each user's
+    training items excluded from the ranking. The candidates are the items of the fitted rows.
 
 Runs on tf_keras models (TFRS); never imports Keras 3.
 """
@@ -15,77 +24,80 @@ import tensorflow as tf
 
 from cfimage import atomic
 from cfimage.stage1 import baselines
-from cfimage.stage1.baselines import holdout_lists, recall_at_k
+
+HASH_BUCKETS = 1 << 20  # resolution of the held-out share: 1e-6
 
 
-def tower_outputs(tower, ids, batch_size=8192):
-    ids = np.asarray(ids, dtype=str)
-    parts = [tower(tf.constant(ids[i:i + batch_size])).numpy()
-             for i in range(0, len(ids), batch_size)]
-    if not parts:
-        return np.zeros((0, tower.layers[-1].output_dim), np.float32)
-    return np.concatenate(parts).astype(np.float32)
+def heldout_mask(user_ids, item_ids, fraction, seed):
+    """True where the pair (user, item) is held out: a seeded hash, the same in numpy and
+    inside tf.data, so every pass agrees without storing the split."""
+    key = tf.strings.join([user_ids, item_ids], separator="\x1f")
+    bucket = tf.strings.to_hash_bucket_strong(key, HASH_BUCKETS, key=[seed, 1])
+    return bucket < int(round(fraction * HASH_BUCKETS))
 
 
-def recall_metrics(model, item_vocab, known, heldout, popularity, k):
-    """Held-out recall@k of the two-tower model and of popularity -> (metrics, lists).
-
-    Both rank the same candidates (`item_vocab`, the items of the fitted rows) for the users
-    of `heldout`, with each user's `known` (training) items excluded, through `recall_at_k`.
-    popularity: (len(item_vocab),) interaction counts of the fitted rows. lists: the
-    (users, train_items, heldout_items) of `holdout_lists`, for further recommenders.
-    """
-    users, train_items, heldout_items = holdout_lists(known, heldout, item_vocab)
-    user_vectors = tower_outputs(model.user_model, users)
-    item_vectors = tower_outputs(model.item_model, item_vocab)
-    popularity = np.asarray(popularity, np.float64)
-    metrics = {
-        f"recall@{k}": recall_at_k(lambda rows: user_vectors[rows] @ item_vectors.T,
-                                   train_items, heldout_items, k),
-        f"popularity_recall@{k}": recall_at_k(
-            lambda rows: np.tile(popularity, (rows.stop - rows.start, 1)),
-            train_items, heldout_items, k),
-        "n_eval_users": len(users),
-    }
-    return metrics, (users, train_items, heldout_items)
+def user_rank(user_ids, seed):
+    """Seeded hash of user ids: the users scored for recall@k are those of smallest rank."""
+    return tf.strings.to_hash_bucket_strong(np.asarray(user_ids).astype(str), 1 << 62,
+                                            key=[seed, 2]).numpy()
 
 
-def evaluate_holdout(model, user_vocab, item_vocab, known, fitted, heldout, config):
-    """Held-out recall@k of the two-tower model, popularity and (optionally) truncated SVD.
+def evaluate(user_vectors, item_vectors, summary, config, svd_pairs=None):
+    """Held-out recall@k of the two-tower model, popularity and (with `svd_pairs`) SVD.
 
-    Popularity and SVD are fitted on `fitted`, the rows the two-tower model was trained on.
+    user_vectors / item_vectors: the held-out fit's tables, rows aligned with summary.users /
+    summary.items. Candidates are the items of the held-out fit's rows; popularity is their
+    count there. svd_pairs: (user row, item row) of those rows, when they are in memory.
     """
     k = config.recall_k
-    counts = fitted["item_id"].value_counts().reindex(item_vocab).to_numpy(np.float64)
-    metrics, (users, train_items, heldout_items) = recall_metrics(
-        model, item_vocab, known, heldout, counts, k)
-    if config.svd_baseline:
+    counts = summary.holdout.item_counts
+    candidates = np.flatnonzero(counts > 0)
+    rows = summary.eval_rows
+    held = rows["held"].to_numpy(bool)
+    users, train_items, heldout_items = baselines.holdout_lists(
+        rows[~held], rows[held], summary.items[candidates])
+    # Users without a fitted row (all their pairs held out) score zeros: row -1 below.
+    user_row = np.searchsorted(summary.users, users)
+    found = user_row < len(summary.users)
+    found[found] = summary.users[user_row[found]] == users[found]
+    user_row[~found] = -1
+    user_table = np.concatenate([user_vectors, np.zeros((1, user_vectors.shape[1]),
+                                                        np.float32)])
+    user_block = user_table[user_row]
+    item_block = item_vectors[candidates]
+    popularity = counts[candidates].astype(np.float64)
+    metrics = {
+        f"recall@{k}": baselines.recall_at_k(lambda r: user_block[r] @ item_block.T,
+                                             train_items, heldout_items, k),
+        f"popularity_recall@{k}": baselines.recall_at_k(
+            lambda r: np.tile(popularity, (r.stop - r.start, 1)), train_items, heldout_items,
+            k),
+        "n_eval_users": len(users),
+    }
+    if config.svd_baseline and svd_pairs is not None:
         start = time.time()
-        column = {item: j for j, item in enumerate(item_vocab)}
-        fitted_row = {user: i for i, user in enumerate(user_vocab)}
-        matrix = baselines.binary_matrix(fitted["user_id"].map(fitted_row),
-                                         fitted["item_id"].map(column),
-                                         len(user_vocab), len(item_vocab))
+        column = np.full(len(summary.items), -1, np.int64)
+        column[candidates] = np.arange(len(candidates))
+        matrix = baselines.binary_matrix(svd_pairs[0], column[svd_pairs[1]],
+                                         len(summary.users), len(candidates))
         svd_users, svd_items = baselines.svd_factors(matrix, config.svd_rank, config.seed)
-        # Evaluated users absent from the fitted rows (all their rows filtered) score zeros.
         svd_users = np.concatenate([svd_users, np.zeros((1, svd_users.shape[1]), np.float32)])
-        eval_rows = np.array([fitted_row.get(user, -1) for user in users])
-        metrics[f"svd_recall@{k}"] = recall_at_k(
-            lambda rows: svd_users[eval_rows[rows]] @ svd_items.T,
-            train_items, heldout_items, k)
+        metrics[f"svd_recall@{k}"] = baselines.recall_at_k(
+            lambda r: svd_users[user_row[r]] @ svd_items.T, train_items, heldout_items, k)
         metrics["svd_rank"] = svd_items.shape[1]
         metrics["svd_seconds"] = time.time() - start
     return metrics
 
 
-def report_holdout(metrics, config, log, writer, note=""):
-    """The held-out log line and TensorBoard scalars (in memory and streaming)."""
+def report_holdout(metrics, config, log, writer):
+    """The held-out log line and TensorBoard scalars."""
     k = config.recall_k
-    svd = (f" vs SVD {metrics[f'svd_recall@{k}']:.3f}" if f"svd_recall@{k}" in metrics else "")
+    svd = (f" vs SVD {metrics[f'svd_recall@{k}']:.3f}" if f"svd_recall@{k}" in metrics
+           else " (SVD baseline skipped: the rows are streamed)")
     log(f"stage 1: recall@{k} two-tower {metrics[f'recall@{k}']:.3f}{svd} vs popularity "
         f"{metrics[f'popularity_recall@{k}']:.3f} (n_users={metrics['n_eval_users']}, "
         f"n_heldout={metrics['n_heldout']}, n_train={metrics['n_train']}, fitted on "
-        f"{metrics['n_fitted']}{note})")
+        f"{metrics['n_fitted']})")
     if writer is not None:
         with writer.as_default():
             for name, key in [("two_tower", f"recall@{k}"), ("svd", f"svd_recall@{k}"),

@@ -18,7 +18,7 @@ import numpy as np
 
 from cfimage import atomic
 from cfimage.errors import UserError
-from cfimage.stage1 import embedding_files, scan, stream, two_tower
+from cfimage.stage1 import embedding_files, scan
 
 
 @dataclasses.dataclass
@@ -65,7 +65,7 @@ def run_stage1(catalogue, spec, listed_ids, config, stream_config, workdir, outd
     cf_path = os.path.join(workdir, "cf_embeddings.npz")
     cf_state = os.path.join(workdir, "cf_stage1.json")
     key = {"config": repr(config), "catalogue": catalogue.root, "source": cf_embeddings}
-    if streaming:  # a different held-out split and evaluation: not interchangeable
+    if streaming:  # shuffled in a window, no SVD baseline: not interchangeable
         key.update(stream=True, interactions=spec.interactions_file,
                    shuffle_buffer=stream_config.shuffle_buffer)
     # A killed stage 1 resumes from this backup (last completed epoch, held-out metrics); it
@@ -92,6 +92,8 @@ def run_stage1(catalogue, spec, listed_ids, config, stream_config, workdir, outd
         os.makedirs(backup, exist_ok=True)
         atomic.write_json(backup_key, key)
         tensorboard_dir = os.path.join(workdir, "tensorboard", "stage1")
+        # Imported here: TFRS (and tf_keras) load only when stage 1 trains.
+        from cfimage.stage1 import memory, stream
         if streaming:
             log(f"stage 1: two-tower retrieval model (TFRS), streaming the interactions "
                 f"({stream_why})")
@@ -102,7 +104,7 @@ def run_stage1(catalogue, spec, listed_ids, config, stream_config, workdir, outd
         else:
             log(f"stage 1: two-tower retrieval model (TFRS) on {len(catalogue.interactions)} "
                 "interactions")
-            result = two_tower.train_two_tower(
+            result = memory.train_two_tower(
                 catalogue.interactions, catalogue.item_ids, config, log=log,
                 tensorboard_dir=tensorboard_dir, backup_dir=backup)
         vectors, has_vector, metrics = result.vectors, result.has_vector, result.metrics

@@ -1,26 +1,24 @@
 """Stage 1: collaborative item vectors from an interaction log with a TFRS two-tower model.
 
-A user tower and an item tower (each StringLookup + Embedding) are trained with an in-batch
-softmax retrieval loss. The item tower's output for a catalogue item is that item's CF vector,
-the regression target of the image model's second output (stage 2).
+A user table and an item table (Embedding layers over integer rows: ids are mapped to rows once,
+when the rows are read) are trained with an in-batch softmax retrieval loss. The item table's
+row of a catalogue item is that item's CF vector, the regression target of the image model's
+second output (stage 2).
 
-Flow of `train_two_tower`:
-  1. hold out a seeded, per-user random fraction of the (user, item) pairs, fit, and measure
-     held-out recall@k of the two-tower model against popularity and a truncated-SVD
-     recommender (cfimage.stage1.baselines) fitted on the same training rows
-     (`holdout_metrics`);
-  2. refit a fresh model with the same settings on ALL interactions (held-out pairs are not
-     wasted) and read the item tower for the catalogue.
+`train` is the one training routine of stage 1. The rows come from a pandas frame
+(cfimage/stage1/memory.py) or are streamed from CSV files (cfimage/stage1/stream.py); both
+count them with cfimage.stage1.scan.LogCounter into a LogSummary and hand `train` blocks of
+integer rows. Flow:
+  1. hold out pairs (cfimage.stage1.holdout), fit on the rest, and measure held-out recall@k
+     against popularity and, when the rows are in memory, a truncated-SVD recommender;
+  2. refit a fresh model with the same settings on ALL fitted rows (held-out pairs are not
+     wasted) and read the item table for the catalogue.
 
-`min_rating` drops interactions whose weight is below it before either fit. The held-out split
-is drawn from the whole log first, so the evaluation (which pairs are held out, which known
-items are excluded from a user's ranking) does not depend on `min_rating`: a held-out pair
-counts whatever its rating, i.e. recall measures how well the model predicts interactions.
-
-Interaction weights (ratings, counts) are used as per-example loss weights, rescaled to mean 1
-over the fitted log so that the learning rate does not depend on their unit. Pass weight=1 to
-treat every row as one implicit interaction. Items that appear only in the log (no image) stay
-in training: they help to learn the user tower.
+`min_rating` drops interactions whose weight is below it before either fit; the held-out split
+does not depend on it (a held-out pair counts whatever its rating). Interaction weights
+(ratings, counts) are per-example loss weights, rescaled to mean 1 over each fit's rows so that
+the learning rate does not depend on their unit. Items that appear only in the log (no image)
+stay in training: they help to learn the user table.
 
 TFRS 0.7.7 runs on Keras 2, so this module uses `tf.keras` (tf_keras, selected by
 TF_USE_LEGACY_KERAS=1 in cfimage/__init__.py); it never imports Keras 3.
@@ -28,26 +26,19 @@ TF_USE_LEGACY_KERAS=1 in cfimage/__init__.py); it never imports Keras 3.
 
 import dataclasses
 import json
+import math
 import os
 import time
 
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from cfimage import atomic
-from cfimage.stage1.baselines import holdout_lists, recall_at_k
-from cfimage.stage1.holdout import (evaluate_holdout, report_holdout, resumed_holdout,
-                                    save_holdout, tower_outputs)
-from cfimage.stage1.embedding_files import (align_embeddings, load_embeddings,
-                                            save_embeddings, write_projector)
+from cfimage.errors import UserError
+from cfimage.stage1 import holdout
 
-__all__ = [
-    "TwoTowerConfig", "CFResult", "TwoTowerModel", "train_two_tower", "holdout_metrics",
-    "holdout_lists", "recall_at_k", "split_holdout",
-    "save_embeddings", "load_embeddings", "align_embeddings", "write_projector",
-]
+STEPS_PER_EXECUTION = 16  # training steps per call of the train function (see `fit`)
 
 
 @dataclasses.dataclass
@@ -55,11 +46,10 @@ class TwoTowerConfig:
     """Stage-1 settings.
 
     Defaults tuned on MovieLens ml-latest-small (100,836 ratings, 610 users; 2 CPU cores) with
-    scripts/stage1_quality.py (docs/results/stage1_movielens.md): held-out recall@10 0.257 vs
-    truncated SVD (rank 32) 0.238 vs popularity 0.119 (seed 1 split: 0.256 vs 0.249 vs 0.115).
-    dim 64 beat 16/32/128 (0.231/0.249/0.254); l2 1e-3 added ~0.002-0.003 on both seeds;
-    10-20 epochs, temperature 0.5 or 2.0, and min_rating 3.5/4.0 were worse; without logQ
-    correction recall fell to 0.09.
+    scripts/stage1_quality.py (docs/results/stage1_movielens.md): dim 64 beat 16/32/128;
+    l2 1e-3 added ~0.002-0.003 recall@10; 10-20 epochs, temperature 0.5 or 2.0, and min_rating
+    3.5/4.0 were worse; without logQ correction recall fell to 0.09. Held-out recall@10 with
+    these defaults: 0.262 vs SVD 0.248 vs popularity 0.117.
     """
     embedding_dim: int = 64
     epochs: int = 5
@@ -68,15 +58,21 @@ class TwoTowerConfig:
     # steps) and, unlike Adam, it does not move rows that are absent from the batch.
     learning_rate: float = 0.1
     temperature: float = 1.0
-    l2: float = 1e-3  # L2 on both embedding tables (Keras regulariser, added per batch).
-    holdout_fraction: float = 0.1  # Per-user random holdout of (user, item) pairs for recall@k.
+    # L2 on the table rows of each batch (each occurrence of a user or item), added to the
+    # summed loss: the gradient stays sparse, so a step costs the batch's rows, not the tables.
+    l2: float = 1e-3
+    holdout_fraction: float = 0.1  # Hashed holdout of (user, item) pairs for recall@k.
     recall_k: int = 10
+    max_eval_users: int = 10_000  # Users (hash-chosen) whose held-out pairs score recall@k.
     min_interactions: int = 1  # Items with fewer rows in the full log get no vector (masked).
     logq_correction: bool = True  # Sampling-bias correction via candidate_sampling_probability.
-    remove_accidental_hits: bool = True
+    # Masking in-batch negatives that are the row's own item: no difference on MovieLens
+    # (recall@10 0.262 either way, docs/results/stage1_movielens.md) and ~15% of a step
+    # (five element-wise ops over the batch x batch scores), so off by default.
+    remove_accidental_hits: bool = False
     # Interactions with weight (e.g. rating) below this are dropped before fitting; None keeps all.
     min_rating: float | None = None
-    svd_baseline: bool = True  # Also score a truncated-SVD recommender in the held-out run.
+    svd_baseline: bool = True  # Also score a truncated-SVD recommender (rows in memory only).
     svd_rank: int = 32  # Best of 8-256 on MovieLens (0.238; 40: 0.239, 64: 0.227).
     seed: int = 0
 
@@ -90,6 +86,7 @@ class TwoTowerConfig:
             (self.l2 >= 0, "l2 must be >= 0"),
             (0 <= self.holdout_fraction < 1, "holdout_fraction must be in [0, 1)"),
             (self.recall_k >= 1, "recall_k must be >= 1"),
+            (self.max_eval_users >= 1, "max_eval_users must be >= 1"),
             (self.min_interactions >= 1, "min_interactions must be >= 1"),
             (self.min_rating is None or np.isfinite(self.min_rating),
              "min_rating must be None or a finite number"),
@@ -106,27 +103,27 @@ class CFResult:
     vectors: np.ndarray  # (n_items, d) float32; all zeros where has_vector is False.
     has_vector: np.ndarray  # (n_items,) bool.
     user_ids: np.ndarray  # (n_users,) str.
-    user_vectors: np.ndarray  # (n_users, d) float32: user tower outputs.
+    user_vectors: np.ndarray  # (n_users, d) float32: user table rows.
     metrics: dict
 
 
 class TwoTowerModel(tfrs.Model):
-    """User tower and item tower, scored by dot product, trained with in-batch softmax."""
+    """User table and item table, scored by dot product, trained with in-batch softmax.
 
-    def __init__(self, user_ids, item_ids, config):
+    Batches hold integer rows: "user" (row of the user table), "item" (row of the item table)
+    and "weight" (per-example loss weight). `candidate_probability[i]` is the probability that
+    item row i is a batch's candidate (its share of the fitted rows), for the logQ correction.
+    """
+
+    def __init__(self, num_users, num_items, candidate_probability, config):
         super().__init__()
-        regularizer = tf.keras.regularizers.l2(config.l2) if config.l2 > 0 else None
-
-        def tower(vocabulary, name):
-            # Index 0 is the out-of-vocabulary bucket; it is never a training target.
-            return tf.keras.Sequential([
-                tf.keras.layers.StringLookup(vocabulary=list(vocabulary), mask_token=None),
-                tf.keras.layers.Embedding(len(vocabulary) + 1, config.embedding_dim,
-                                          embeddings_regularizer=regularizer),
-            ], name=name)
-
-        self.user_model = tower(user_ids, "user_tower")
-        self.item_model = tower(item_ids, "item_tower")
+        self.user_model = tf.keras.layers.Embedding(num_users, config.embedding_dim,
+                                                    name="user_tower")
+        self.item_model = tf.keras.layers.Embedding(num_items, config.embedding_dim,
+                                                    name="item_tower")
+        self.candidate_probability = tf.constant(
+            np.asarray(candidate_probability, np.float32))
+        self.l2 = config.l2
         self.logq_correction = config.logq_correction
         self.remove_accidental_hits = config.remove_accidental_hits
         # No factorized top-k metrics: recall is computed by brute force in numpy afterwards.
@@ -138,116 +135,80 @@ class TwoTowerModel(tfrs.Model):
         self.example_loss = tf.keras.metrics.Mean(name="example_loss")
 
     def compute_loss(self, features, training=False):
-        user_embeddings = self.user_model(features["user_id"])
-        item_embeddings = self.item_model(features["item_id"])
+        user_embeddings = self.user_model(features["user"])
+        item_embeddings = self.item_model(features["item"])
         # The task's loss is summed over the batch (TFRS default), so the step size is that of
         # the TFRS examples; Adagrad's accumulator makes it largely insensitive to that scale.
         loss = self.task(
             user_embeddings, item_embeddings,
             sample_weight=features["weight"],
             candidate_sampling_probability=(
-                features["item_probability"] if self.logq_correction else None),
-            candidate_ids=features["item_id"] if self.remove_accidental_hits else None,
+                tf.gather(self.candidate_probability, features["item"])
+                if self.logq_correction else None),
+            candidate_ids=features["item"] if self.remove_accidental_hits else None,
             compute_metrics=False, compute_batch_metrics=False)
         batch = tf.cast(tf.shape(user_embeddings)[0], tf.float32)
         self.example_loss.update_state(loss / batch, sample_weight=batch)
+        if self.l2 > 0:
+            loss += self.l2 * (tf.reduce_sum(tf.square(user_embeddings))
+                               + tf.reduce_sum(tf.square(item_embeddings)))
         return loss
 
 
 # ---------------------------------------------------------------------------------------------
-# Input checks and splitting.
+# Batches: the shared tail of every input pipeline.
 
-def _clean_interactions(interactions):
-    if not isinstance(interactions, pd.DataFrame):
-        raise ValueError(f"interactions must be a pandas DataFrame, got {type(interactions)}")
-    missing = {"user_id", "item_id"} - set(interactions.columns)
-    if missing:
-        raise ValueError(
-            f"interactions: missing column(s) {sorted(missing)}; have {list(interactions.columns)}")
-    if len(interactions) == 0:
-        raise ValueError("interactions: empty log; stage 1 needs at least one interaction")
-    frame = interactions[["user_id", "item_id"]].copy()
-    for column in ("user_id", "item_id"):
-        bad = frame[column].isna().to_numpy()
-        if bad.any():
-            raise ValueError(f"interactions: row {int(np.argmax(bad))}: missing {column}")
-        frame[column] = frame[column].astype(str)
-    if "weight" in interactions.columns:
-        weight = pd.to_numeric(interactions["weight"], errors="coerce").to_numpy(np.float64)
-        bad = ~(np.isfinite(weight) & (weight > 0))
-        if bad.any():
-            row = int(np.argmax(bad))
-            value = interactions["weight"].tolist()[row]
-            raise ValueError(
-                f"interactions: row {row}: weight {value!r} is not a finite number > 0")
-    else:
-        weight = np.ones(len(frame))
-    frame["weight"] = weight
-    return frame.reset_index(drop=True)
+def batches(blocks, rows, batch_size, window_blocks, seed):
+    """Blocks of rows (dicts of 1-d "user", "item", "weight" tensors, in the order they were
+    read; `rows` of them in all) -> shuffled batches, reshuffled every epoch.
 
-
-def split_holdout(frame, fraction, seed):
-    """Per-user random holdout of distinct (user, item) pairs -> (train, heldout) frames.
-
-    Users with >= 2 distinct items hold out max(1, floor(fraction * n_items)) of them, at most
-    n_items - 1. All rows of a held-out pair leave training, so a held-out item is never also a
-    training item of the same user.
+    Blocks are shuffled with a buffer of `window_blocks` blocks; then each window of that many
+    blocks is permuted row by row (a seeded permutation per window and epoch) and cut into
+    batches of `batch_size` (a window's last rows join the next window's). A window that holds
+    every block is a full shuffle of the rows. The work is per block and per batch, never per
+    row: tf.data's per-element shuffle ran at ~50k rows/s here. The dataset knows its length
+    (ceil(rows / batch_size) batches), so that `fit` can run several steps per call.
     """
-    pairs = frame[["user_id", "item_id"]].drop_duplicates().reset_index(drop=True)
-    rng = np.random.default_rng(seed)
-    pairs["order"] = rng.random(len(pairs))
-    pairs["rank"] = pairs.groupby("user_id")["order"].rank(method="first") - 1
-    size = pairs.groupby("user_id")["item_id"].transform("size")
-    n_hold = np.where(size >= 2, np.clip(np.floor(fraction * size), 1, size - 1), 0)
-    held = pairs.loc[pairs["rank"] < n_hold, ["user_id", "item_id"]]
-    marked = frame.merge(held.assign(held=True), on=["user_id", "item_id"], how="left")
-    is_held = marked["held"].fillna(False).to_numpy(bool)
-    return frame[~is_held].reset_index(drop=True), frame[is_held].reset_index(drop=True)
+    def split(window, key):
+        rows = {name: values.flat_values for name, values in window.items()}
+        size = tf.shape(rows["user"], out_type=tf.int64)[0]
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(size), seed=tf.stack([key, tf.constant(seed, tf.int64)]))
+        index = tf.RaggedTensor.from_row_starts(order, tf.range(0, size, batch_size))
+        return tf.data.Dataset.from_tensor_slices(index).map(
+            lambda rows_of_batch: {name: tf.gather(values, rows_of_batch)
+                                   for name, values in rows.items()})
+
+    windows = (blocks.shuffle(window_blocks, seed=seed, reshuffle_each_iteration=True)
+               .ragged_batch(window_blocks))
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    return (tf.data.Dataset.zip((windows, keys)).flat_map(split)
+            .rebatch(batch_size)
+            .apply(tf.data.experimental.assert_cardinality(math.ceil(rows / batch_size)))
+            .prefetch(tf.data.AUTOTUNE))
 
 
 # ---------------------------------------------------------------------------------------------
 # Fitting.
 
-def _fit(frame, config, log, phase, writer, backup_dir=None):
-    """Fits a fresh TwoTowerModel on `frame`; returns (model, user vocab, item vocab, losses)."""
-    user_vocab = np.array(sorted(frame["user_id"].unique()))
-    item_vocab = np.array(sorted(frame["item_id"].unique()))
-    counts = frame["item_id"].value_counts()
-    # logQ: probability that an item is a row's candidate, i.e. its frequency in the fitted log.
-    probability = (frame["item_id"].map(counts) / len(frame)).to_numpy(np.float32)
-    weight = frame["weight"].to_numpy(np.float64)
-    features = {
-        "user_id": frame["user_id"].to_numpy(str),
-        "item_id": frame["item_id"].to_numpy(str),
-        "weight": (weight / weight.mean()).astype(np.float32),
-        "item_probability": probability,
-    }
-    # Shuffle the whole log every epoch (seeded) so in-batch negatives change between epochs.
-    model, losses = fit_dataset(
-        lambda: (tf.data.Dataset.from_tensor_slices(features)
-                 .shuffle(len(frame), seed=config.seed, reshuffle_each_iteration=True)
-                 .batch(config.batch_size)
-                 .prefetch(tf.data.AUTOTUNE)),
-        user_vocab, item_vocab, config, log, phase, writer, backup_dir)
-    return model, user_vocab, item_vocab, losses
+def fit(make_dataset, summary, phase, config, log, writer, backup_dir=None):
+    """Fits a fresh TwoTowerModel on the batches of `make_dataset()` for `phase` ("holdout"
+    or "full" of the LogSummary); returns (model, per-epoch losses).
 
-
-def fit_dataset(make_dataset, user_vocab, item_vocab, config, log, phase, writer,
-                backup_dir=None):
-    """Fits a fresh TwoTowerModel on the batches of `make_dataset()` (user_id, item_id, weight
-    with mean 1, item_probability for logQ); returns (model, per-epoch losses).
-
-    make_dataset is called after the global seed is set: a seeded shuffle's order depends on it.
-
-    The one fitting routine of stage 1, in memory and streaming (cfimage.stage1.stream). With
-    `backup_dir`, <backup_dir>/<phase> holds a BackupAndRestore checkpoint written after every
-    epoch: a killed run restarted with the same inputs resumes after its last completed epoch.
-    The caller removes the backup when it no longer needs it.
+    make_dataset is called after the global seed is set: a seeded shuffle depends on it.
+    With `backup_dir`, <backup_dir>/<phase> holds a BackupAndRestore checkpoint written after
+    every epoch: a killed run restarted with the same inputs resumes after its last completed
+    epoch. The caller removes the backup when it no longer needs it.
     """
+    counts = summary.phase(phase)
     tf.keras.utils.set_random_seed(config.seed)
     dataset = make_dataset()
-    model = TwoTowerModel(user_vocab, item_vocab, config)
-    model.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
+    model = TwoTowerModel(len(summary.users), len(summary.items),
+                          counts.item_counts / max(counts.n_rows, 1), config)
+    # Several steps per call of the compiled train function: a step here is a few ms, and
+    # Keras' per-call Python work (callbacks, logs) would otherwise be a large share of it.
+    model.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate),
+                  steps_per_execution=STEPS_PER_EXECUTION)
 
     losses = []
     loss_file = os.path.join(backup_dir, phase, "losses.json") if backup_dir else None
@@ -282,9 +243,9 @@ def fit_dataset(make_dataset, user_vocab, item_vocab, config, log, phase, writer
                                                    on_epoch_end=on_epoch_end,
                                                    on_train_batch_end=on_train_batch_end)]
     if backup_dir:
-        # Build the towers first, so that the checkpoint restores into existing variables.
-        model.user_model(tf.constant([""]))
-        model.item_model(tf.constant([""]))
+        # Build the tables first, so that the checkpoint restores into existing variables.
+        model.user_model(tf.constant([0]))
+        model.item_model(tf.constant([0]))
         tf.io.gfile.makedirs(os.path.join(backup_dir, phase))
         # delete_checkpoint=False: a run killed after its last epoch restores that epoch's
         # weights instead of fitting again; the caller removes the backup.
@@ -295,9 +256,9 @@ def fit_dataset(make_dataset, user_vocab, item_vocab, config, log, phase, writer
         step, value = diverged[0]
         kept = (f"the backup of its last completed epoch is kept in "
                 f"{os.path.join(backup_dir, phase)}" if backup_dir else "nothing was saved")
-        raise SystemExit(f"stage 1 [{phase}] fit: the loss became {value} at training step "
-                         f"{step}; stopped ({kept}). Try a lower --cf_learning_rate or a higher "
-                         "--cf_temperature.")
+        raise UserError(f"stage 1 [{phase}] fit: the loss became {value} at training step "
+                        f"{step}; stopped ({kept}). Try a lower --cf_learning_rate or a higher "
+                        "--cf_temperature.")
     if not losses and loss_file and tf.io.gfile.exists(loss_file):  # every epoch was restored
         losses.extend(json.loads(tf.io.gfile.GFile(loss_file).read()))
         log(f"resuming stage 1 from epoch {config.epochs} ([{phase}] fit: all epochs restored "
@@ -305,103 +266,88 @@ def fit_dataset(make_dataset, user_vocab, item_vocab, config, log, phase, writer
     return model, losses
 
 
-def _filter_rating(frame, config):
-    if config.min_rating is None:
-        return frame
-    return frame[frame["weight"] >= config.min_rating].reset_index(drop=True)
+def window_blocks(rows, block_rows):
+    """Blocks of `block_rows` rows that hold `rows` rows (at least 1)."""
+    return max(1, math.ceil(rows / block_rows))
 
 
-def _holdout(frame, config, log, writer, backup_dir=None):
-    """Step 1 of train_two_tower on a cleaned frame; returns metrics ({} when impossible)."""
-    saved = resumed_holdout(backup_dir, log)
-    if saved is not None:
-        return saved
-    known, heldout = split_holdout(frame, config.holdout_fraction, config.seed)
-    fitted = _filter_rating(known, config)
-    if len(heldout) == 0 or len(fitted) == 0:
-        log("stage 1: no user has 2+ distinct items (or min_rating left no training row); "
-            "skipping held-out evaluation")
-        return {}
-    start = time.time()
-    model, user_vocab, item_vocab, _ = _fit(fitted, config, log, "holdout", writer, backup_dir)
-    metrics = evaluate_holdout(model, user_vocab, item_vocab, known, fitted, heldout, config)
-    metrics.update({"n_train": len(known), "n_fitted": len(fitted), "n_heldout": len(heldout),
-                    "holdout_seconds": time.time() - start})
-    report_holdout(metrics, config, log, writer)
-    save_holdout(backup_dir, metrics)
-    return metrics
+def train(summary, make_dataset, item_ids, config, log=print, tensorboard_dir=None,
+          backup_dir=None, svd_pairs=None, metrics=None):
+    """The one training routine of stage 1 -> CFResult for the catalogue `item_ids`.
 
-
-def holdout_metrics(interactions, config, log=print):
-    """Only the held-out evaluation of train_two_tower (no refit): a dict of metrics.
-
-    For tuning: recall@k of the two-tower, popularity and SVD, as train_two_tower reports them.
+    summary: the LogSummary of the rows (scan.LogCounter). make_dataset(phase): the batches
+    of that phase's rows ("holdout": fitted rows not held out; "full": all fitted rows).
+    svd_pairs: (user row, item row) arrays of the held-out fit's rows when they are in memory
+    (for the SVD baseline). Catalogue items with fewer than min_interactions fitted rows get
+    zeros and has_vector False. With `backup_dir` a killed run resumes (see `fit`).
     """
     config.validate()
-    if not 0 < config.holdout_fraction < 1:
-        raise ValueError(f"holdout_metrics: holdout_fraction must be in (0, 1); got "
-                         f"{config.holdout_fraction}")
-    return _holdout(_clean_interactions(interactions), config, log, None)
-
-
-# ---------------------------------------------------------------------------------------------
-# Entry point.
-
-def train_two_tower(interactions, item_ids, config, log=print, tensorboard_dir=None,
-                    backup_dir=None):
-    """Learns CF vectors for the catalogue `item_ids` from `interactions`; returns a CFResult.
-
-    interactions: DataFrame with user_id, item_id (str) and optional weight (> 0, default 1);
-    it may hold items outside the catalogue (kept in training). Catalogue items with fewer than
-    config.min_interactions rows get zeros and has_vector False. With `backup_dir`, a run
-    killed mid-way and restarted with the same inputs resumes after its last completed epoch
-    (see `fit_dataset`); remove that directory once the result is saved.
-    """
-    config.validate()
-    frame = _clean_interactions(interactions)
     catalogue = np.asarray(item_ids).astype(str)
     if catalogue.ndim != 1 or len(catalogue) == 0:
         raise ValueError("item_ids: the catalogue must be a non-empty 1-d list of ids")
-    fitted = _filter_rating(frame, config)
-    if len(fitted) == 0:
-        raise ValueError(f"min_rating={config.min_rating} drops all {len(frame)} interactions "
-                         f"(weights range {frame['weight'].min()}-{frame['weight'].max()})")
-    counts = fitted["item_id"].value_counts()
-    catalogue_counts = counts.reindex(catalogue).fillna(0).to_numpy(np.int64)
+    if summary.full.n_rows == 0:
+        raise ValueError(f"min_rating={config.min_rating} drops all {summary.n_rows} "
+                         "interactions")
+    row_of = {item: row for row, item in enumerate(summary.items.tolist())}
+    catalogue_rows = np.array([row_of.get(item, -1) for item in catalogue.tolist()], np.int64)
+    catalogue_counts = np.where(catalogue_rows >= 0,
+                                summary.full.item_counts[np.maximum(catalogue_rows, 0)], 0)
     if not (catalogue_counts > 0).any():
         raise ValueError(
             f"no catalogue item has any interaction (catalogue ids look like "
-            f"{list(catalogue[:3])}, log item ids like {list(counts.index[:3])})")
+            f"{list(catalogue[:3])}, log item ids like {list(summary.item_counts.index[:3])})")
     writer = tf.summary.create_file_writer(tensorboard_dir) if tensorboard_dir else None
-    metrics = {"n_interactions": len(frame), "n_users": int(frame["user_id"].nunique()),
-               "n_log_items": int(frame["item_id"].nunique())}
+    metrics = dict(metrics or {}, n_interactions=summary.n_rows, n_users=len(summary.users),
+                   n_log_items=len(summary.item_counts))
     if config.min_rating is not None:
-        metrics["n_interactions_fitted"] = len(fitted)
-        log(f"stage 1: min_rating={config.min_rating} keeps {len(fitted)}/{len(frame)} "
-            "interactions")
+        metrics["n_interactions_fitted"] = summary.full.n_rows
+        log(f"stage 1: min_rating={config.min_rating} keeps {summary.full.n_rows}/"
+            f"{summary.n_rows} interactions")
 
     # 1. Held-out evaluation.
     if config.holdout_fraction > 0:
-        metrics.update(_holdout(frame, config, log, writer, backup_dir))
+        metrics.update(holdout_fit(summary, make_dataset, config, log, writer, backup_dir,
+                                   svd_pairs))
 
-    # 2. Refit on everything and read the towers.
+    # 2. Refit on everything and read the tables.
     start = time.time()
-    model, user_vocab, _, losses = _fit(fitted, config, log, "full", writer, backup_dir)
-    metrics.update({"final_loss": losses[-1], "full_fit_seconds": time.time() - start})
-    return read_towers(model, catalogue, catalogue_counts, user_vocab, config, metrics, log,
-                       writer)
-
-
-def read_towers(model, catalogue, catalogue_counts, users, config, metrics, log, writer):
-    """The fitted model's CFResult: item vectors for the catalogue (zeros, and has_vector
-    False, below min_interactions) and user vectors (in memory and streaming)."""
-    has_vector = np.asarray(catalogue_counts) >= config.min_interactions
-    vectors = tower_outputs(model.item_model, catalogue)
-    vectors[~has_vector] = 0.0
+    model, losses = fit(lambda: make_dataset("full"), summary, "full", config, log, writer,
+                        backup_dir)
+    seconds = time.time() - start
+    metrics.update({"final_loss": losses[-1], "full_fit_seconds": seconds,
+                    "full_fit_interactions_per_second":
+                        summary.full.n_rows * config.epochs / seconds})
+    has_vector = catalogue_counts >= config.min_interactions
+    items = model.item_model.embeddings.numpy()
+    vectors = np.where(has_vector[:, None], items[np.maximum(catalogue_rows, 0)], 0.0)
     metrics["n_items_with_vector"] = int(has_vector.sum())
     log(f"stage 1: vectors for {int(has_vector.sum())}/{len(catalogue)} catalogue items "
         f"(min_interactions={config.min_interactions}), d={config.embedding_dim}")
     if writer is not None:
         writer.flush()
-    return CFResult(item_ids=catalogue, vectors=vectors, has_vector=has_vector, user_ids=users,
-                    user_vectors=tower_outputs(model.user_model, users), metrics=metrics)
+    return CFResult(item_ids=catalogue, vectors=vectors.astype(np.float32),
+                    has_vector=has_vector, user_ids=summary.users,
+                    user_vectors=model.user_model.embeddings.numpy().astype(np.float32),
+                    metrics=metrics)
+
+
+def holdout_fit(summary, make_dataset, config, log, writer, backup_dir, svd_pairs):
+    """Step 1 of `train`: held-out metrics ({} when nothing is held out)."""
+    saved = holdout.resumed_holdout(backup_dir, log)
+    if saved is not None:
+        return saved
+    if summary.n_heldout == 0 or summary.holdout.n_rows == 0:
+        log("stage 1: no pair was held out (or min_rating left no training row); skipping "
+            "held-out evaluation")
+        return {}
+    start = time.time()
+    model, _ = fit(lambda: make_dataset("holdout"), summary, "holdout", config, log, writer,
+                   backup_dir)
+    metrics = holdout.evaluate(model.user_model.embeddings.numpy(),
+                               model.item_model.embeddings.numpy(), summary, config, svd_pairs)
+    metrics.update({"n_train": summary.n_rows - summary.n_heldout,
+                    "n_fitted": summary.holdout.n_rows, "n_heldout": summary.n_heldout,
+                    "holdout_seconds": time.time() - start})
+    holdout.report_holdout(metrics, config, log, writer)
+    holdout.save_holdout(backup_dir, metrics)
+    return metrics

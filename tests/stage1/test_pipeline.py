@@ -1,5 +1,6 @@
-"""A stage-1 run killed (SIGKILL) and started again with the same command resumes after its last
-completed two-tower epoch, in memory and streaming (cf_embeddings.fit_dataset's backup)."""
+"""cfimage.stage1.pipeline.run_stage1 through the real entry point: a stage-1 run killed (SIGKILL)
+and started again with the same command resumes after its last completed two-tower epoch, in
+memory and streaming (two_tower.fit's backup), and a finished stage 1 is reused."""
 
 import os
 import re
@@ -12,7 +13,7 @@ import pytest
 
 from cfimage.catalogue import demo
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 EPOCHS = 12
 
 
@@ -51,6 +52,7 @@ def _check_resumed(output, phase, killed_at):
     assert ran == list(range(resumed + 1, EPOCHS + 1)), (resumed, ran)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stream", ["false", "true"])
 def test_killed_stage1_resumes_from_its_last_epoch(tmp_path, stream):
     catalogue = demo.make_demo_catalogue(str(tmp_path / "cat"), seed=4, num_items=120,
