@@ -79,6 +79,7 @@ def read_weights(path):
     return arrays
 
 
+@pytest.mark.slow
 def test_two_workers_train_to_identical_weights_with_synchronised_batchnorm(tmp_path):
     catalogue = demo.make_demo_catalogue(str(tmp_path / "catalogue"), seed=2, num_items=60,
                                          num_users=30, image_size=32)
