@@ -167,7 +167,7 @@ def test_diagnose_runs_on_the_demo_catalogue_and_reuses_its_work(tmp_path):
     maps = pd.read_csv(workdir / "diagnose_map.csv")
     overall = maps[maps.bin == "all items"]
     assert len(overall) == 3 * 3 * 3  # splits x label ratios x probes
-    assert overall.map.between(0, 1).all()
+    assert overall["map"].between(0, 1).all()
     r2 = pd.read_csv(workdir / "diagnose_r2.csv")
     assert sorted(r2[r2.bin == "all items"].split) == [0, 1, 2]
 
