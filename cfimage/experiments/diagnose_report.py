@@ -19,6 +19,7 @@ from cfimage.experiments.diagnose_runs import ALL, PROBES
 # lower end above 0, at the smallest label ratio measured.
 HEADROOM_GAIN = 0.05  # image ⊕ CF probe over image probe, relative mAP change
 TRANSFER_R2 = 0.10  # held-out R² of image features -> CF vectors, minus the shuffled null
+MIN_PLOTTED_ITEMS = 10  # bins with fewer test items per split (on average) are not plotted
 PROBE_TITLES = {"image": "image", "cf": "CF vector (ceiling)", "image+cf": "image ⊕ CF"}
 
 
@@ -76,7 +77,7 @@ def verdict(map_summary, r2_summary):
     transfer = next(row for row in r2_summary if row["bin"] == ALL)["r2 - null"]
     headroom = gain >= HEADROOM_GAIN and gain_low > 0
     transfers = transfer[0] >= TRANSFER_R2 and transfer[1] > 0
-    facts = (f"At {lowest:g} of the labels, adding the CF vector to the image features changes "
+    facts = (f"At label ratio {lowest:g}, adding the CF vector to the image features changes "
              f"test mAP by {_percent(overall['image+cf vs image'])} (the CF vector alone: "
              f"{ceiling:+.1%}), and the images explain {_number(transfer)} more of the CF "
              "vectors' variance than a shuffled pairing does.")
@@ -136,7 +137,8 @@ def write_report(workdir, header, maps, r2, log=print):
              "label ratio; (a) alone is *headroom, little transfer*; without (a), *no "
              "headroom*. See docs/diagnose.md for why.", ""]
     lines += _map_tables(map_summary) + _r2_table(r2_summary)
-    lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
+    lines += ["## Plots", "", f"(Bins with fewer than {MIN_PLOTTED_ITEMS} test items per split "
+              "are in the tables only.)", ""] + [f"![{name}]({name})" for name in plots] + [""]
     atomic.write_text(os.path.join(workdir, "diagnose.md"), "\n".join(lines))
     log(f"report: {os.path.join(workdir, 'diagnose.md')} ({', '.join(plots)})")
     return key
@@ -201,17 +203,19 @@ def _plot(workdir, map_summary, r2_summary):
     figure, axes = pyplot.subplots(1, len(ratios), figsize=(4.5 * len(ratios), 4),
                                    squeeze=False, sharey=True)
     for axis, ratio in zip(axes[0], ratios):
-        rows = [row for row in map_summary if row["label_ratio"] == ratio]
+        rows = [row for row in map_summary if row["label_ratio"] == ratio
+                and row["test_items"] >= MIN_PLOTTED_ITEMS]
         for offset, probe in zip((-0.15, 0.0, 0.15), PROBES):
             errorbar(axis, np.arange(len(rows)) + offset, [row[probe] for row in rows],
                      label=PROBE_TITLES[probe], linestyle="none")
         axis.set_xticks(range(len(rows)), [row["bin"] for row in rows], rotation=30)
-        axis.set(title=f"{ratio:g} of the labels", xlabel="interactions per item")
+        axis.set(title=f"label ratio {ratio:g}", xlabel="interactions per item")
     axes[0][0].set_ylabel("test macro mAP")
     axes[0][0].legend()
     names.append(_save(figure, workdir, "diagnose_bins.png"))
 
     figure, axis = pyplot.subplots(figsize=(5.5, 4))
+    r2_summary = [row for row in r2_summary if row["test_items"] >= MIN_PLOTTED_ITEMS]
     xs = np.arange(len(r2_summary))
     errorbar(axis, xs - 0.1, [row["r2"] for row in r2_summary], label="R²", linestyle="none")
     errorbar(axis, xs + 0.1, [row["null_r2"] for row in r2_summary], label="shuffled null",
