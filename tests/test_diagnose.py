@@ -186,3 +186,38 @@ def test_diagnose_reports_bad_flags_in_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "cfimage: error: --label_ratios=0.1,2: each must be in (0, 1], e.g. 0.1,0.3,1.0")
+
+
+def test_any_catalogue_shape_single_label_missing_vectors_labels_and_classes(tmp_path):
+    """Single-label, unlabelled items, items without a CF vector or without interactions, a
+    class too rare to reach every split, a label ratio too small to keep any label."""
+    rng = np.random.default_rng(3)
+    n = 90
+    classes = rng.integers(0, 2, n)
+    classes[:3] = 2  # a rare class: some validation or test splits have none
+    labels = np.eye(3, dtype=np.float32)[classes]
+    labelled = np.ones(n, bool)
+    labelled[80:] = False  # unlabelled items only train
+    labels[~labelled] = 0
+    has_vector = np.ones(n, bool)
+    has_vector[::6] = False
+    vectors = np.where(has_vector[:, None], labels @ rng.standard_normal((3, 5)), 0.0)
+    counts = rng.integers(1, 50, n)
+    counts[has_vector == 0] = 0
+    bins, bin_names = diagnose_runs.interaction_bins(counts, 3)
+    inputs = diagnose_runs.DiagnoseInputs(
+        image_features=labels @ rng.standard_normal((3, 16)) + rng.standard_normal((n, 16)),
+        vectors=vectors, has_vector=has_vector, labels=labels, labelled=labelled,
+        label_names=["a", "b", "c"], multi_label=False, bins=bins, bin_names=bin_names)
+    maps, r2 = diagnose_runs.run_splits(inputs, 3, [1e-4, 1.0], (0.7, 0.1, 0.2), 0,
+                                        probes.ProbeSettings(max_steps=40), log=lambda _: None)
+    overall = maps[maps.bin == diagnose_runs.ALL]
+    assert len(overall) == 3 * 2 * 3
+    assert overall[overall.label_ratio == 1e-4]["map"].isna().all()  # no label kept
+    assert overall[overall.label_ratio == 1.0]["map"].between(0, 1).all()
+    assert set(maps.bin) == {diagnose_runs.ALL, *bin_names} and "0" in bin_names
+    assert r2[r2.bin == "0"].test_items.eq(0).all()  # items without interactions: no vector
+    key = diagnose_report.write_report(str(tmp_path), ["# test"], maps, r2, log=lambda _: None)
+    assert key in ("no_headroom", "headroom_no_transfer", "promising")
+    assert "n/a" in (tmp_path / "diagnose.md").read_text()
+    assert (tmp_path / "diagnose_bins.png").exists()

@@ -93,6 +93,11 @@ def evaluate_split(inputs, seed, label_ratios, fractions, settings):
     for ratio in label_ratios:
         labelled = data.mask_labels(inputs.labelled, train, ratio, seed)
         rows = train[labelled[train]]
+        if len(rows) == 0:  # a tiny catalogue at a small ratio: nothing to train on
+            map_rows += [{"split": seed, "label_ratio": ratio, "probe": probe, "bin": name,
+                          "map": np.nan, "test_items": int(members.sum()), "train_labelled": 0}
+                         for probe in PROBES for name, members in _bin_members(inputs, test)]
+            continue
         fitted = {probe: probes.label_probe(x[rows], inputs.labels[rows], x[val],
                                             inputs.labels[val], x[test], inputs.multi_label,
                                             settings, seed=seed)

@@ -67,10 +67,10 @@ def label_probe(x_train, y_train, x_val, y_val, x_test, multi_label, settings=Pr
     y_train = y_train.astype(np.float32)
     if not multi_label:  # one-hot rows; an item with several labels spreads its target
         y_train = y_train / np.maximum(y_train.sum(axis=1, keepdims=True), 1.0)
-    best = {"val_map": -np.inf}
+    best = None
     for l2 in settings.l2_grid:
         weights = _fit(x_train, y_train, x_val, y_val, multi_label, l2, settings, seed)
-        if weights["val_map"] > best["val_map"]:
+        if best is None or weights["val_map"] > best["val_map"]:
             best = weights
     return ProbeResult(_predict(x_test, best["w"], best["b"], multi_label),
                        _predict(x_val, best["w"], best["b"], multi_label),
@@ -135,7 +135,7 @@ def _fit(x, y, x_val, y_val, multi_label, l2, settings, seed):
                 np.sqrt(v / (1 - 0.999 ** step)) + 1e-8)
         if step % settings.eval_every == 0:
             val_map = fast_macro_map(y_val, _predict(x_val, w, b, multi_label))
-            if val_map > best["val_map"] + 1e-6:
+            if best["step"] == 0 or val_map > best["val_map"] + 1e-6:  # NaN: the first check
                 best.update(val_map=val_map, w=w.copy(), b=b.copy(), step=step)
                 stale = 0
             else:
