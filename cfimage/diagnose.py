@@ -46,24 +46,26 @@ def log(message):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    image_size, fractions, label_ratios = _check_flags()
     started = time.time()
 
-    # --- Set-up: workdir ----------------------------------------------------------
+    # --- Set-up: workdir, flags -------------------------------------------------------
+    from cfimage import atomic
+    model_name = FLAGS.model_name or (os.path.basename(os.path.normpath(FLAGS.catalogue))
+                                      if FLAGS.catalogue else "cfimage_demo")
+    workdir = os.path.abspath(FLAGS.workdir or os.path.join("runs", model_name))
+    os.makedirs(workdir, exist_ok=True)
+    # Written before TensorFlow loads: modules it imports define flags of their own, which a
+    # --flagfile of this file would name before they exist.
+    atomic.write_text(os.path.join(workdir, "diagnose_flags.txt"), FLAGS.flags_into_string())
+    image_size, fractions, label_ratios = _check_flags()
     import tensorflow as tf
     from threadpoolctl import threadpool_limits
 
-    from cfimage import atomic
     from cfimage.catalogue import demo, reader
     from cfimage.experiments import diagnose_report, diagnose_runs, probes
     from cfimage.stage1 import pipeline
     from cfimage.stage2 import features
 
-    model_name = FLAGS.model_name or (os.path.basename(os.path.normpath(FLAGS.catalogue))
-                                      if FLAGS.catalogue else "cfimage_demo")
-    workdir = os.path.abspath(FLAGS.workdir or os.path.join("runs", model_name))
-    os.makedirs(workdir, exist_ok=True)
-    atomic.write_text(os.path.join(workdir, "diagnose_flags.txt"), FLAGS.flags_into_string())
     log(f"workdir {workdir}")
     if FLAGS.threads > 0:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)

@@ -143,19 +143,20 @@ def test_verdict_follows_the_stated_thresholds(gain, transfer, expected):
     assert "more of the CF vectors' variance" in paragraph
 
 
-def _diagnose(workdir, *extra):
+SMALL = ("--demo_items=120", "--demo_users=60", "--image_size=32", "--splits=3",
+         "--cf_epochs=2", "--probe_steps=60")
+
+
+def _diagnose(*args):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run(
-        [sys.executable, "-m", "cfimage.diagnose", f"--workdir={workdir}", "--demo_items=120",
-         "--demo_users=60", "--image_size=32", "--splits=3", "--cf_epochs=2",
-         "--probe_steps=60", *extra],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    return subprocess.run([sys.executable, "-m", "cfimage.diagnose", *args],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
 
 
 @pytest.mark.slow
 def test_diagnose_runs_on_the_demo_catalogue_and_reuses_its_work(tmp_path):
     workdir = tmp_path / "run"
-    first = _diagnose(workdir)
+    first = _diagnose(f"--workdir={workdir}", *SMALL)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "[diagnose] split 3/3" in first.stdout
     report = (workdir / "diagnose.md").read_text()
@@ -171,7 +172,8 @@ def test_diagnose_runs_on_the_demo_catalogue_and_reuses_its_work(tmp_path):
     r2 = pd.read_csv(workdir / "diagnose_r2.csv")
     assert sorted(r2[r2.bin == "all items"].split) == [0, 1, 2]
 
-    again = _diagnose(workdir)
+    # The flags it wrote are a --flagfile that repeats the run.
+    again = _diagnose(f"--flagfile={workdir / 'diagnose_flags.txt'}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "stage 1 already done in this workdir" in again.stdout
     assert "240 read from the cache" in (workdir / "diagnose.md").read_text()
@@ -182,7 +184,7 @@ def test_diagnose_runs_on_the_demo_catalogue_and_reuses_its_work(tmp_path):
 
 @pytest.mark.slow
 def test_diagnose_reports_bad_flags_in_one_line(tmp_path):
-    result = _diagnose(tmp_path, "--label_ratios=0.1,2")
+    result = _diagnose(f"--workdir={tmp_path}", *SMALL, "--label_ratios=0.1,2")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "cfimage: error: --label_ratios=0.1,2: each must be in (0, 1], e.g. 0.1,0.3,1.0")
