@@ -19,10 +19,11 @@ import cfimage  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from absl import app
 from absl import flags
 
-from cfimage import train_flags  # noqa: F401  (the catalogue, stage-1 and backbone flags)
+from cfimage import train_flags
 from cfimage.errors import UserError
 
 FLAGS = flags.FLAGS
+train_flags.define_flags()  # the catalogue, stage-1 and backbone flags of cfimage.train
 flags.DEFINE_integer("splits", 20, "Random 70/10/20 item splits (--split fractions) the probes "
                      "are averaged over; split i uses seed --seed + i.", lower_bound=2)
 flags.DEFINE_list("label_ratios", ["0.1", "0.3", "1.0"], "Shares of the training items that "
@@ -78,7 +79,9 @@ def main(argv):
         log(f"no --catalogue: generating the demo catalogue (synthetic) in {root}")
         demo.make_demo_catalogue(root, seed=FLAGS.demo_seed, num_items=FLAGS.demo_items,
                                  num_users=FLAGS.demo_users)
-    spec = _catalogue_spec()
+    from cfimage import config  # loads TensorFlow: after the flags file is written
+    run_config = config.from_flags(FLAGS)  # the same settings as cfimage.train
+    spec = run_config.catalogue.spec
     stream, stream_why = pipeline.should_stream(FLAGS.stream_interactions, root,
                                                 FLAGS.interactions_file)
     catalogue = reader.load_catalogue(root, spec, interactions=not stream)
@@ -88,7 +91,7 @@ def main(argv):
     multi_label = catalogue.multi_label if FLAGS.task == "auto" else FLAGS.task == "multi_label"
 
     # --- Stage 1: CF vectors (reused from the workdir when done) and interaction counts -
-    stage1_config, stream_config = _stage1_configs()
+    stage1_config, stream_config = run_config.stage1.two_tower, run_config.stage1.stream
     stage1 = pipeline.run_stage1(
         catalogue, spec, listed_ids, stage1_config, stream_config, workdir, workdir,
         cf_embeddings=FLAGS.cf_embeddings, streaming=stream,
@@ -168,37 +171,6 @@ def _check_flags():
     except ValueError as error:
         raise UserError(str(error)) from None
     return tuple(size), fractions, ratios
-
-
-def _catalogue_spec():
-    from cfimage.catalogue.reader import CatalogueSpec
-    return CatalogueSpec(
-        items_file=FLAGS.items_file, interactions_file=FLAGS.interactions_file,
-        item_id_column=FLAGS.item_id_column, image_column=FLAGS.image_column,
-        labels_column=FLAGS.labels_column, label_separator=FLAGS.label_separator,
-        user_id_column=FLAGS.user_id_column,
-        interaction_item_column=FLAGS.interaction_item_column,
-        weight_column=FLAGS.weight_column, timestamp_column=FLAGS.timestamp_column,
-        min_label_count=FLAGS.min_label_count, ignore_labels=tuple(FLAGS.ignore_labels),
-        unknown_interaction_items=FLAGS.unknown_interaction_items)
-
-
-def _stage1_configs():
-    """The two-tower and streaming settings as cfimage.train builds them (so that a stage 1
-    of `cfimage.train` in the same workdir is reused)."""
-    from cfimage.stage1 import scan, two_tower
-    optional = {"epochs": FLAGS.cf_epochs, "learning_rate": FLAGS.cf_learning_rate,
-                "temperature": FLAGS.cf_temperature}
-    config = two_tower.TwoTowerConfig(
-        embedding_dim=FLAGS.cf_dim, holdout_fraction=FLAGS.cf_holdout,
-        recall_k=FLAGS.cf_recall_k, min_interactions=FLAGS.cf_min_interactions,
-        seed=FLAGS.seed, **{k: v for k, v in optional.items() if v is not None})
-    try:
-        config.validate()
-    except ValueError as error:
-        raise UserError(f"stage-1 flags (--cf_dim, --cf_holdout, --cf_epochs, ...): "
-                        f"{error}") from None
-    return config, scan.StreamConfig(shuffle_buffer=FLAGS.cf_shuffle_buffer)
 
 
 def _drop_unreadable(catalogue):
