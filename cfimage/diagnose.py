@@ -57,7 +57,7 @@ def main(argv):
     os.makedirs(workdir, exist_ok=True)
     # Written before TensorFlow loads: modules it imports define flags of their own, which a
     # --flagfile of this file would name before they exist.
-    atomic.write_text(os.path.join(workdir, "diagnose_flags.txt"), FLAGS.flags_into_string())
+    atomic.write_text(os.path.join(workdir, "diagnose_flags.txt"), train_flags.flagfile_text())
     image_size, fractions, label_ratios = _check_flags()
     import tensorflow as tf
     from threadpoolctl import threadpool_limits

@@ -25,7 +25,7 @@ from cfimage.serving import run_export
 from cfimage.stage1 import pipeline
 from cfimage.stage2 import evaluation, inputs, trainer
 from cfimage.stage2 import runtime as runtime_lib
-from cfimage.train_flags import FLAGS, define_flags, log
+from cfimage.train_flags import FLAGS, define_flags, flagfile_text, log
 
 define_flags()
 
@@ -40,7 +40,7 @@ def main(argv):
 
     # --- Set-up: workdir, threads, precision, strategy ---------------------------
     workdir = config.output.workdir
-    config_lib.write_workdir(config, FLAGS.flags_into_string())
+    config_lib.write_workdir(config, flagfile_text())
     log(f"workdir {workdir}")
     runtime = runtime_lib.start(stage2_config, workdir, config.output.threads, log=log)
 

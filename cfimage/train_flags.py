@@ -7,6 +7,7 @@ builds the run config from the flags and checks the rest.
 """
 
 import dataclasses
+import sys
 
 from absl import flags
 
@@ -207,3 +208,15 @@ def define_flags(flag_values=flags.FLAGS):
 
 def log(message):
     print(f"[cfimage] {message}", flush=True)
+
+
+def flagfile_text(flag_values=FLAGS):
+    """The effective values of cfimage's own flags (train_flags and the entry point's), one
+    per line: a --flagfile that reproduces the run. absl's, TensorFlow's and absl testing's
+    flags (e.g. --test_random_seed) are left out: they are not settings of the run."""
+    main_module = sys.argv[0]
+    lines = set()
+    for module, module_flags in flag_values.flags_by_module_dict().items():
+        if module.startswith("cfimage") or module in ("__main__", main_module):
+            lines.update(flag.serialize() for flag in module_flags)
+    return "".join(f"{line}\n" for line in sorted(lines) if line)

@@ -118,7 +118,7 @@ def test_single_flag_bounds_stop_the_parse(argv, message):
 def test_the_workdir_gets_the_flags_and_the_whole_config(tmp_path):
     flag_values = parse(f"--workdir={tmp_path}/run", "--cf_epochs=3", "--arm=image_only")
     config = config_lib.from_flags(flag_values)
-    config_lib.write_workdir(config, flag_values.flags_into_string())
+    config_lib.write_workdir(config, train_flags.flagfile_text(flag_values))
     assert "--cf_epochs=3" in (tmp_path / "run" / "flags.txt").read_text()
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert set(saved) == {"catalogue", "stage1", "stage2", "output"}
@@ -131,6 +131,16 @@ def test_the_workdir_gets_the_flags_and_the_whole_config(tmp_path):
     # flags.txt is a flagfile that gives the same config back.
     again = parse(f"--flagfile={tmp_path}/run/flags.txt")
     assert config_lib.from_flags(again) == config
+
+
+def test_flags_txt_leaves_out_flags_that_are_not_cfimage_settings():
+    # TensorFlow imports absl testing, whose --test_random_seed is not a flag of cfimage.train:
+    # a flags.txt holding it would not be a --flagfile for a process that lacks it.
+    flag_values = parse("--epochs=7")
+    flags.DEFINE_integer("test_random_seed", 301, "absl testing's", flag_values=flag_values)
+    text = train_flags.flagfile_text(flag_values)
+    assert "--epochs=7\n" in text and "--arm=multitask\n" in text
+    assert "test_random_seed" not in text
 
 
 # --- The flagfiles under configs/ ------------------------------------------------------------
