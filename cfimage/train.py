@@ -19,6 +19,7 @@ from absl import app
 
 from cfimage import atomic
 from cfimage import config as config_lib
+from cfimage import workdir as workdir_lib
 from cfimage.catalogue import demo, images, reader
 from cfimage.errors import UserError
 from cfimage.serving import run_export
@@ -40,6 +41,7 @@ def main(argv):
 
     # --- Set-up: workdir, threads, precision, strategy ---------------------------
     workdir = config.output.workdir
+    workdir_lib.claim(workdir, log=log, multi_worker=stage2_config.strategy == "multi_worker")
     config_lib.write_workdir(config, FLAGS.flags_into_string())
     log(f"workdir {workdir}")
     runtime = runtime_lib.start(stage2_config, workdir, config.output.threads, log=log)
