@@ -24,7 +24,7 @@ from cfimage.catalogue import demo, images, reader
 from cfimage.errors import UserError
 from cfimage.serving import run_export
 from cfimage.stage1 import pipeline
-from cfimage.stage2 import evaluation, inputs, trainer
+from cfimage.stage2 import evaluation, hparams, inputs, trainer
 from cfimage.stage2 import runtime as runtime_lib
 from cfimage.train_flags import FLAGS, define_flags, log
 
@@ -99,6 +99,7 @@ def main(argv):
         "cf_confidence": stage2_config.cf_confidence, "stage1": stage1.metrics,
         "cf_scaling": stage2_inputs.cf_scaling, "train_seconds": round(time.time() - started, 1),
         "num_items": {k: int(len(v)) for k, v in stage2_inputs.splits.items()}})
+    hparams.write(os.path.join(runtime.outdir, "tensorboard"), config, test, best.best)
     if not runtime.chief:
         log(f"done in {time.time() - started:.0f} s (not the chief: the chief exports)")
         return
