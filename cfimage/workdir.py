@@ -91,9 +91,18 @@ def describe_owner(path):
 def _lock_name(multi_worker):
     if not multi_worker:
         return LOCK_NAME
-    task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
-    kind, index = task.get("type"), int(task.get("index", 0))
-    return LOCK_NAME if kind in (None, "chief") else f"cfimage-{kind}-{index}.lock"
+    try:
+        tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        task, cluster = tf_config.get("task") or {}, tf_config.get("cluster") or {}
+        kind, index = task.get("type"), int(task.get("index", 0))
+    except (ValueError, TypeError, AttributeError) as error:
+        raise UserError(f"TF_CONFIG is not valid: {error}; it needs a \"task\" with a "
+                        "\"type\" and an \"index\" (see docs/scaling.md)") from None
+    # The chief (distribute.is_chief's rule: "chief", or worker 0 when there is none) takes
+    # the workdir's own lock, which a single-process run on the same workdir also takes.
+    chief = kind in (None, "chief") or (kind == "worker" and index == 0
+                                        and "chief" not in cluster)
+    return LOCK_NAME if chief else f"cfimage-{kind}-{index}.lock"
 
 
 def _make_usable(workdir, log):

@@ -144,12 +144,18 @@ def test_a_read_only_directory_is_refused(tmp_path):
         read_only.chmod(0o755)
 
 
-def test_each_worker_of_a_cluster_locks_its_own_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("TF_CONFIG", json.dumps(
-        {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}))
+@pytest.mark.parametrize("cluster,task,lock", [
+    ({"worker": ["a:1", "b:2"]}, {"type": "worker", "index": 1}, "cfimage-worker-1.lock"),
+    ({"worker": ["a:1", "b:2"]}, {"type": "worker", "index": 0}, workdir.LOCK_NAME),
+    ({"chief": ["c:0"], "worker": ["a:1"]}, {"type": "worker", "index": 0},
+     "cfimage-worker-0.lock"),
+    ({"chief": ["c:0"], "worker": ["a:1"]}, {"type": "chief", "index": 0}, workdir.LOCK_NAME),
+])
+def test_each_worker_of_a_cluster_locks_its_own_file_and_the_chief_the_workdirs(
+        tmp_path, monkeypatch, cluster, task, lock):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
     try:
-        assert workdir.claim(str(tmp_path), multi_worker=True) == str(
-            tmp_path / "cfimage-worker-1.lock")
+        assert workdir.claim(str(tmp_path), multi_worker=True) == str(tmp_path / lock)
     finally:
         workdir.release(str(tmp_path), multi_worker=True)
 
@@ -204,3 +210,9 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_and_the_first_exports_intac
     assert json.loads((exports / "m" / "1" / "assets.extra" / "cfimage.json").read_text())[
         "workdir"] == str(run)
     assert not (run / workdir.LOCK_NAME).exists()  # released at the end of the first run
+
+
+def test_a_bad_tf_config_is_a_user_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(UserError, match="^TF_CONFIG is not valid: "):
+        workdir.claim(str(tmp_path), multi_worker=True)

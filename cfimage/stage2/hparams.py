@@ -1,13 +1,13 @@
 """A run's settings and final metrics for TensorBoard's HPARAMS dashboard.
 
-`write(logdir, config, test, best)` makes `logdir` (the run's `<workdir>/tensorboard`) one
-hparams session: the settings that tell runs apart (arm, λ, label ratio, seed, backbone,
-image size, ...) and the final metrics as scalars beside them. TensorBoard on one run's
-`tensorboard/` shows one session (run "."); on an experiment's `cells/` directory it shows one
-session per cell (run `<cell>/tensorboard`), and then the hparams plugin also offers each
-cell's `train/` and `validation/` curves as metrics (it groups a session's subdirectories).
-No experiment-wide config is written: the plugin infers the hyperparameters and metrics from
-the sessions it finds, so cells of any grid line up without one.
+`write(tensorboard_dir, config, test, best)` makes `<tensorboard_dir>/hparams/` one hparams
+session: the settings that tell runs apart (arm, λ, label ratio, seed, backbone, image size,
+...) and the final metrics as scalars beside them. TensorBoard on one run's `tensorboard/`
+shows one session (run `hparams`); on an experiment's `cells/` directory one session per cell
+(run `<cell>/tensorboard/hparams`). The session has a folder of its own, not the logdir's root:
+the plugin finds no metric values for a session in the root run "." (it looks them up in
+"./."). No experiment-wide config is written: the plugin infers the hyperparameters and
+metrics from the sessions it finds, so the cells of any grid line up without one.
 """
 
 import os
@@ -40,10 +40,12 @@ def hparams_of(config):
     }
 
 
-def write(logdir, config, test, best_validation_map):
+def write(tensorboard_dir, config, test, best_validation_map):
     """Writes the hparams session and the final metrics (`test`: evaluation.evaluate_test's
-    dict) into `logdir`. The trial id is the workdir's name (an experiment's cell name)."""
+    dict) into `<tensorboard_dir>/hparams`, and returns that folder. The trial id is the
+    workdir's name (an experiment's cell name)."""
     values = (test["macro_map"], test["precision_at_1"], best_validation_map)
+    logdir = os.path.join(tensorboard_dir, "hparams")
     writer = tf.summary.create_file_writer(logdir)
     with writer.as_default():
         hp.hparams(hparams_of(config),
@@ -51,3 +53,4 @@ def write(logdir, config, test, best_validation_map):
         for tag, value in zip(METRICS, values):
             tf.summary.scalar(tag, float(value), step=0)
     writer.close()
+    return logdir

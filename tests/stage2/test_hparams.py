@@ -21,8 +21,10 @@ def test_a_run_is_one_session_with_its_settings_and_final_metrics(tmp_path):
     config = config_of("--arm=multitask", "--cf_weight=0.5", "--label_ratio=0.3", "--seed=4",
                        "--image_size=96x64", f"--workdir={tmp_path / 'cell_7'}",
                        "--catalogue=/data/shop/")
-    hparams.write(str(tmp_path), config, {"macro_map": 0.25, "precision_at_1": 0.5}, 0.375)
-    values = {value.tag: value for value in _events(tmp_path)}
+    logdir = hparams.write(str(tmp_path), config, {"macro_map": 0.25, "precision_at_1": 0.5},
+                           0.375)
+    assert logdir == str(tmp_path / "hparams")
+    values = {value.tag: value for value in _events(tmp_path / "hparams")}
 
     start = hparams_metadata.parse_session_start_info_plugin_data(
         values[hparams_metadata.SESSION_START_INFO_TAG].metadata.plugin_data.content)
