@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 
 from cfimage import train_flags
+from cfimage import workdir as workdir_lib
 from cfimage.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -54,7 +55,7 @@ def main(argv):
     model_name = FLAGS.model_name or (os.path.basename(os.path.normpath(FLAGS.catalogue))
                                       if FLAGS.catalogue else "cfimage_demo")
     workdir = os.path.abspath(FLAGS.workdir or os.path.join("runs", model_name))
-    os.makedirs(workdir, exist_ok=True)
+    workdir_lib.claim(workdir, log=log)  # usable, and not in use by a train or diagnose run
     # Written before TensorFlow loads: modules it imports define flags of their own, which a
     # --flagfile of this file would name before they exist.
     atomic.write_text(os.path.join(workdir, "diagnose_flags.txt"), train_flags.flagfile_text())

@@ -23,6 +23,8 @@ import sys
 import cfimage  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from absl import app, flags
 
+from cfimage import workdir as workdir_lib
+from cfimage.errors import UserError
 from cfimage.experiments import runner
 from cfimage.stage2 import arms
 
@@ -56,7 +58,7 @@ def main(argv):
     from cfimage.experiments import report
 
     workdir = os.path.abspath(FLAGS.workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir_lib.claim(workdir, log=log)  # each cell's workdir is locked by its own train run
     base_flags = ([f"--flagfile={os.path.abspath(FLAGS.train_flagfile)}"]
                   if FLAGS.train_flagfile else []) + list(FLAGS.train_flags)
     cells = runner.plan_cells(FLAGS.arms, FLAGS.label_ratios, FLAGS.cf_weights, FLAGS.seeds)
@@ -85,5 +87,13 @@ def main(argv):
     print(table)
 
 
+def main_reporting_user_errors(argv):
+    """main, with a user's mistake (UserError) as one line on stderr and exit status 1."""
+    try:
+        main(argv)
+    except UserError as error:
+        sys.exit(f"cfimage: error: {error}")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main_reporting_user_errors)

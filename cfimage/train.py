@@ -19,11 +19,12 @@ from absl import app
 
 from cfimage import atomic
 from cfimage import config as config_lib
+from cfimage import workdir as workdir_lib
 from cfimage.catalogue import demo, images, reader
 from cfimage.errors import UserError
 from cfimage.serving import run_export
 from cfimage.stage1 import pipeline
-from cfimage.stage2 import evaluation, inputs, trainer
+from cfimage.stage2 import evaluation, hparams, inputs, trainer
 from cfimage.stage2 import runtime as runtime_lib
 from cfimage.train_flags import FLAGS, define_flags, flagfile_text, log
 
@@ -40,6 +41,7 @@ def main(argv):
 
     # --- Set-up: workdir, threads, precision, strategy ---------------------------
     workdir = config.output.workdir
+    workdir_lib.claim(workdir, log=log, multi_worker=stage2_config.strategy == "multi_worker")
     config_lib.write_workdir(config, flagfile_text())
     log(f"workdir {workdir}")
     runtime = runtime_lib.start(stage2_config, workdir, config.output.threads, log=log)
@@ -97,6 +99,7 @@ def main(argv):
         "cf_confidence": stage2_config.cf_confidence, "stage1": stage1.metrics,
         "cf_scaling": stage2_inputs.cf_scaling, "train_seconds": round(time.time() - started, 1),
         "num_items": {k: int(len(v)) for k, v in stage2_inputs.splits.items()}})
+    hparams.write(os.path.join(runtime.outdir, "tensorboard"), config, test, best.best)
     if not runtime.chief:
         log(f"done in {time.time() - started:.0f} s (not the chief: the chief exports)")
         return

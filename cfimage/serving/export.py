@@ -30,6 +30,7 @@ small generated image, which TF Serving replays at load so that the first real
 request does not pay for graph tracing.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -53,6 +54,27 @@ def next_version(model_dir):
         return 1
     versions = [int(name) for name in os.listdir(model_dir) if name.isdigit()]
     return max(versions, default=0) + 1
+
+
+def publish_version(tmp_dir, model_dir, version, fixed=False, log=print):
+    """Renames the finished export `tmp_dir` to `<model_dir>/<version>`; returns that path.
+
+    Two exports into one model directory (two runs sharing --export_dir) can both choose the
+    same next version. rename(2) refuses a target that is a non-empty directory, so the
+    later one takes the next free version (logged) instead of failing or mixing two models;
+    a version given explicitly (`fixed`) is never changed.
+    """
+    while True:
+        final_dir = os.path.join(model_dir, str(version))
+        try:
+            os.rename(tmp_dir, final_dir)
+            return final_dir
+        except OSError as error:
+            if fixed or error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise
+        taken, version = version, max(version + 1, next_version(model_dir))
+        log(f"export: version {taken} was written by another export meanwhile; this one is "
+            f"version {version}")
 
 
 def remove_stale_temporaries(model_dir, log=print):
@@ -182,6 +204,7 @@ def export_saved_model(model, label_names, image_size, export_base, model_name, 
     left out and logged. `top_k` results are returned by those two.
     """
     model_dir = os.path.join(export_base, model_name)
+    fixed = version is not None
     version = next_version(model_dir) if version is None else int(version)
     final_dir = os.path.join(model_dir, str(version))
     if os.path.exists(final_dir):
@@ -299,7 +322,7 @@ def export_saved_model(model, label_names, image_size, export_base, model_name, 
                        "num_items": len(tables["item"][0]) if "item" in tables else 0,
                        "num_users": len(tables["user"][0]) if "user" in tables else 0,
                        **(metadata or {})}, f, indent=2)
-        os.rename(tmp_dir, final_dir)
+        final_dir = publish_version(tmp_dir, model_dir, version, fixed=fixed, log=log)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise

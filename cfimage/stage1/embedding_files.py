@@ -250,3 +250,11 @@ def write_projector(logdir, item_ids, vectors, metadata=None, has_vector=None):
     embedding.tensor_name = PROJECTOR_TENSOR
     embedding.metadata_path = "metadata.tsv"
     projector.visualize_embeddings(logdir, config)
+    # TensorBoard lists a folder as a run only when it holds an events file, and the
+    # projector looks only at runs: without this one it shows nothing (`/runs` is []).
+    writer = tf.summary.create_file_writer(logdir)
+    with writer.as_default():
+        tf.summary.text("embeddings", f"{int(has_vector.sum())} item vectors of dimension "
+                        f"{vectors.shape[1]}; metadata columns: {', '.join(table.columns)}. "
+                        "Open the PROJECTOR tab.", step=0)
+    writer.close()

@@ -111,3 +111,43 @@ def test_bad_cf_tables_are_refused_before_anything_is_written(tmp_path, kwargs, 
     with pytest.raises(ValueError, match=re.escape(message)):
         export.export_saved_model(model, ["a", "b"], SIZE, str(tmp_path), "m", **kwargs)
     assert not (tmp_path / "m").exists()
+
+
+def test_a_version_taken_meanwhile_by_another_export_moves_this_one_to_the_next(tmp_path):
+    model_dir = tmp_path / "m"
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "1" / "saved_model.pb").write_text("the other export's")
+    (model_dir / ".tmp-1-9").mkdir()
+    (model_dir / ".tmp-1-9" / "saved_model.pb").write_text("this export's")
+    notes = []
+    path = export.publish_version(str(model_dir / ".tmp-1-9"), str(model_dir), 1,
+                                  log=notes.append)
+    assert path == str(model_dir / "2") and sorted(os.listdir(model_dir)) == ["1", "2"]
+    assert (model_dir / "1" / "saved_model.pb").read_text() == "the other export's"
+    assert (model_dir / "2" / "saved_model.pb").read_text() == "this export's"
+    assert notes == ["export: version 1 was written by another export meanwhile; this one is "
+                     "version 2"]
+    (model_dir / ".tmp-2-9").mkdir()
+    (model_dir / ".tmp-2-9" / "x").write_text("")
+    with pytest.raises(OSError):  # a version asked for explicitly is never changed
+        export.publish_version(str(model_dir / ".tmp-2-9"), str(model_dir), 2, fixed=True)
+
+
+def test_two_exports_racing_for_one_version_both_land_intact(tmp_path, monkeypatch):
+    """Another run's export finishes version 1 while this one is being written (the window
+    between choosing the version and renaming into it): this one becomes version 2."""
+    from tests.test_faults import tiny_model
+    model_dir = tmp_path / "m"
+    cleanup = export.remove_stale_temporaries
+
+    def other_export_lands(directory, log=print):  # runs just before this export writes
+        (model_dir / "1").mkdir()
+        (model_dir / "1" / "saved_model.pb").write_text("the other run's")
+        return cleanup(directory, log=log)
+    monkeypatch.setattr(export, "remove_stale_temporaries", other_export_lands)
+    path = export.export_saved_model(tiny_model(SIZE), ["a", "b"], SIZE, str(tmp_path), "m",
+                                     log=lambda message: None)
+    assert path == str(model_dir / "2")
+    assert (model_dir / "1" / "saved_model.pb").read_text() == "the other run's"
+    assert tf.saved_model.load(path).signatures["serving_default"] is not None
+    assert sorted(os.listdir(model_dir)) == ["1", "2"]

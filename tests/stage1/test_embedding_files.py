@@ -131,6 +131,14 @@ def test_write_projector(tmp_path):
     with open(os.path.join(logdir, embedding.metadata_path)) as f:
         rows = f.read().splitlines()
     assert rows == ["item_id\tlabels\ttitle", "m1\tComedy|Drama\tA", "m3\tDrama\tC c"]
+    # TensorBoard lists the folder as a run (the projector's only places to look) only when it
+    # holds an events file: tests/test_tensorboard.py asks TensorBoard itself.
+    (events,) = [n for n in os.listdir(logdir) if n.startswith("events.out.tfevents.")]
+    texts = [tf.make_ndarray(v.tensor).item().decode() for event in
+             tf.compat.v1.train.summary_iterator(os.path.join(logdir, events))
+             for v in event.summary.value]
+    assert texts == ["2 item vectors of dimension 2; metadata columns: item_id, labels, title. "
+                     "Open the PROJECTOR tab."]
 
 
 @pytest.mark.slow
