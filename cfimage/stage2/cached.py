@@ -153,14 +153,9 @@ def train(catalogue, inputs, cf_dim, stage2, runtime, log=print):
         if not stage2.finetune_epochs:
             return trainer.Stage2Result(heads, best, test_ds, serving,
                                         {**summary, "best_phase": "heads"})
-        heads.load_weights(best.path)
-        start = validation_map(serving, inputs.validation,
-                               catalogue.labels[inputs.splits["validation"]],
-                               catalogue.label_names)
-        log(f"fine-tuning starts from the heads of epoch {best.best_epoch}: validation mAP "
-            f"{best.best:.4f} on cached features, {start:.4f} through the backbone")
-        summary["finetune_start_validation_map"] = start
-        atomic.save_weights(serving, best.path)  # the best checkpoint is now the whole model
+        summary["finetune_start_validation_map"] = start_finetune(
+            heads, serving, best, inputs.validation,
+            catalogue.labels[inputs.splits["validation"]], catalogue.label_names, log)
 
     # --- Phase 2: fine-tuning, the backbone unfrozen ------------------------------------
     unfrozen = model_lib.unfreeze(backbone, stage2.unfreeze)
@@ -180,6 +175,20 @@ def train(catalogue, inputs, cf_dim, stage2, runtime, log=print):
                    finetune_learning_rate=learning_rate,
                    best_phase="finetune" if best.best_epoch > stage2.epochs else "heads")
     return trainer.Stage2Result(serving, best, inputs.test, serving, summary)
+
+
+def start_finetune(heads, serving, best, validation, labels, label_names, log=print):
+    """The switch to phase 2: loads the heads of the best phase-1 epoch (`best`, a
+    BestCheckpoint of `heads`), measures the composed model's validation mAP through the
+    backbone (it equals best.best: same network, same plain images), and replaces the best
+    checkpoint by the whole model's weights, so that selection goes on over both phases.
+    Returns that validation mAP."""
+    heads.load_weights(best.path)
+    start = validation_map(serving, validation, labels, label_names)
+    log(f"fine-tuning starts from the heads of epoch {best.best_epoch}: validation mAP "
+        f"{best.best:.4f} on cached features, {start:.4f} through the backbone")
+    atomic.save_weights(serving, best.path)
+    return start
 
 
 def validation_map(model, dataset, labels, label_names):
