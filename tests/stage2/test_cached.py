@@ -32,12 +32,17 @@ def quiet(_):
     pass
 
 
-@pytest.fixture(scope="module")
-def catalogue_root(tmp_path_factory):
+def make_catalogue(tmp_path_factory):
+    """A 40-item demo catalogue of 32x32 images."""
     root = tmp_path_factory.mktemp("catalogue")
     demo.make_demo_catalogue(str(root), seed=5, num_items=40, num_users=20, image_size=32,
                              interactions_per_user=10)
     return str(root)
+
+
+@pytest.fixture(scope="module")
+def catalogue_root(tmp_path_factory):
+    return make_catalogue(tmp_path_factory)
 
 
 def setup_run(root, workdir, *argv):
@@ -142,8 +147,7 @@ def test_training_draws_both_views_and_evaluation_reads_the_plain_one():
     assert len({tuple(d) for d in drawn}) > 1  # a new draw every epoch
 
 
-def test_the_cache_is_reused_and_a_changed_image_is_recomputed(catalogue_root, trained,
-                                                                tmp_path):
+def test_the_cache_is_reused_and_a_changed_image_is_recomputed(trained, tmp_path):
     catalogue, _, stage2, _, _ = trained
     backbone = features.extraction_backbone(BACKBONE, "none", SIZE)
     view_features, counts = cached.extract(catalogue, stage2, backbone, log=quiet)
@@ -164,7 +168,7 @@ def test_the_cache_is_reused_and_a_changed_image_is_recomputed(catalogue_root, t
     np.testing.assert_array_equal(second.views["flip"][4], first.views["flip"][4])
 
 
-def test_a_cache_of_another_network_is_refused(catalogue_root, trained, tmp_path):
+def test_a_cache_of_another_network_is_refused(trained):
     catalogue, _, stage2, _, _ = trained
     backbone = features.extraction_backbone(BACKBONE, "none", SIZE)
     plain = features.per_view(stage2.feature_cache, catalogue.image_paths, BACKBONE, "none",

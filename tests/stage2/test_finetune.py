@@ -14,8 +14,12 @@ import pytest
 from cfimage.catalogue import reader
 from cfimage.stage2 import cached, callbacks, data, features, trainer
 from cfimage.stage2 import model as model_lib
-from tests.stage2.test_cached import (BACKBONE, CF_DIM, SIZE, catalogue_root,  # noqa: F401
-                                      quiet, setup_run)
+from tests.stage2.test_cached import BACKBONE, CF_DIM, SIZE, make_catalogue, quiet, setup_run
+
+
+@pytest.fixture(scope="module")
+def catalogue_root(tmp_path_factory):
+    return make_catalogue(tmp_path_factory)
 
 
 def trainable_layers(backbone):
@@ -95,7 +99,7 @@ def test_the_switch_loads_the_best_heads_and_saves_the_whole_model(catalogue_roo
 
 @pytest.mark.slow  # traces a whole backbone's training step (about a minute here)
 def test_two_phases_select_over_both_and_train_only_the_unfrozen_blocks(catalogue_root,
-                                                                         tmp_path):
+                                                                        tmp_path):
     catalogue, stage2_inputs, stage2, runtime = setup_run(
         catalogue_root, str(tmp_path / "run"), "--epochs=2", "--finetune_epochs=1",
         "--unfreeze=top_blocks:1", "--finetune_learning_rate=1e-3")
