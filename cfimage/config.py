@@ -76,6 +76,13 @@ class Stage2Config:
     sync_batchnorm: bool
     tfrecords: str | None
     cache_limit_gb: float
+    # Cached-feature training and two-phase fine-tuning (cfimage/stage2/cached.py).
+    train_backbone: bool  # False: heads on cached backbone features
+    adapter_units: int  # 0 = no adapter between features and heads
+    feature_cache: str | None  # absolute; None when the backbone trains end to end
+    finetune_epochs: int  # 0 = heads only
+    unfreeze: str  # all | top_blocks:N
+    finetune_learning_rate: float  # before scaling by the replicas
 
     @property
     def arm_spec(self):
@@ -116,6 +123,15 @@ def parse_image_size(text):
     return tuple(parts)
 
 
+def parse_unfreeze(text):
+    """--unfreeze: 'all' or 'top_blocks:N' (N >= 1) as given, or None when it is neither."""
+    text = str(text)
+    if text == "all":
+        return text
+    kind, _, count = text.partition(":")
+    return text if kind == "top_blocks" and count.isdigit() and int(count) >= 1 else None
+
+
 def parse_split(values):
     """--split -> three fractions, each > 0, summing to 1 (UserError otherwise)."""
     shown = ",".join(values)
@@ -147,6 +163,7 @@ def from_flags(flags):
             "process; run it first with --stage1_only and pass its cf_embeddings.npz "
             "(README, 'Training on several machines')")
     _check_backbone(flags.backbone, flags.weights)
+    _check_cached(flags)
 
     two_tower = TwoTowerConfig(
         embedding_dim=flags.cf_dim, epochs=flags.cf_epochs, learning_rate=flags.cf_learning_rate,
@@ -161,6 +178,9 @@ def from_flags(flags):
     model_name = flags.model_name or (
         os.path.basename(os.path.normpath(flags.catalogue)) if flags.catalogue
         else "cfimage_demo")
+    workdir = os.path.abspath(flags.workdir or os.path.join("runs", model_name))
+    feature_cache = (None if flags.train_backbone else
+                     os.path.abspath(flags.feature_cache or os.path.join(workdir, "features")))
     return RunConfig(
         catalogue=CatalogueConfig(
             root=flags.catalogue,
@@ -192,9 +212,12 @@ def from_flags(flags):
             split=parse_split(flags.split), seed=flags.seed,
             mixed_precision=flags.mixed_precision, jit_compile=flags.jit_compile,
             strategy=flags.strategy, tpu=flags.tpu, sync_batchnorm=flags.sync_batchnorm,
-            tfrecords=flags.tfrecords, cache_limit_gb=flags.cache_limit_gb),
+            tfrecords=flags.tfrecords, cache_limit_gb=flags.cache_limit_gb,
+            train_backbone=flags.train_backbone, adapter_units=flags.adapter_units,
+            feature_cache=feature_cache, finetune_epochs=flags.finetune_epochs,
+            unfreeze=flags.unfreeze, finetune_learning_rate=flags.finetune_learning_rate),
         output=OutputConfig(
-            workdir=os.path.abspath(flags.workdir or os.path.join("runs", model_name)),
+            workdir=workdir,
             model_name=model_name, export_dir=flags.export_dir, export=flags.export,
             stage1_only=flags.stage1_only, threads=flags.threads))
 
@@ -208,6 +231,23 @@ def _check_backbone(backbone, weights):
         model_lib.check_weights(weights)
     except ValueError as error:
         raise UserError(str(error)) from None
+
+
+def _check_cached(flags):
+    """What cached-feature training (--train_backbone=false) cannot be combined with."""
+    if flags.train_backbone:
+        if flags.finetune_epochs:
+            raise UserError(f"--finetune_epochs={flags.finetune_epochs} is the second phase of "
+                            "--train_backbone=false (heads on cached features first); with "
+                            "--train_backbone=true the backbone trains from the start: drop one")
+        return
+    if flags.tfrecords:
+        raise UserError("--train_backbone=false computes backbone features from the image "
+                        f"files; it cannot read --tfrecords={flags.tfrecords}: drop one")
+    if flags.strategy in ("multi_worker", "tpu"):
+        raise UserError(f"--train_backbone=false runs in one process (one feature cache); "
+                        f"--strategy={flags.strategy} is not supported with it: use "
+                        "--strategy=auto, one_device or mirrored")
 
 
 def write_workdir(config, flags_text):

@@ -29,8 +29,6 @@ flags.DEFINE_integer("splits", 20, "Random 70/10/20 item splits (--split fractio
                      "are averaged over; split i uses seed --seed + i.", lower_bound=2)
 flags.DEFINE_list("label_ratios", ["0.1", "0.3", "1.0"], "Shares of the training items that "
                   "keep their labels, each measured on every split.")
-flags.DEFINE_string("feature_cache", None, "Directory of cached backbone features (default: "
-                    "<workdir>/features). Share one between runs of the same images.")
 flags.DEFINE_list("views", ["plain", "flip"], "Image views whose backbone features are "
                   "averaged: plain, flip (mirrored), or both (flip-averaged).")
 flags.DEFINE_integer("interaction_bins", 4, "Quantile bins of interactions per item (items "

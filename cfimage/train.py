@@ -85,19 +85,20 @@ def main(argv):
             log=log),
         log=log)
 
-    # --- Stage 2: the multitask image model, best epoch chosen on validation ------
-    model, best = trainer.train(catalogue, stage2_inputs, stage1.vectors.shape[1],
-                                stage2_config, runtime, log=log)
+    # --- Stage 2: the image model (or its heads on cached features), chosen on validation
+    trained = trainer.train(catalogue, stage2_inputs, stage1.vectors.shape[1], stage2_config,
+                            runtime, log=log)
 
     # --- Evaluation: test split, once, at the checkpoint chosen on validation ----
-    test = evaluation.evaluate_test(model, best, stage2_inputs.test,
+    test = evaluation.evaluate_test(trained.model, trained.best, trained.test,
                                     catalogue.labels[stage2_inputs.splits["test"]],
                                     catalogue.label_names, log=log)
     atomic.write_json(os.path.join(runtime.outdir, "metrics.json"), {
-        "test": test, "best_epoch": best.best_epoch, "validation_map": best.best,
+        "test": test, "best_epoch": trained.best.best_epoch, "validation_map": trained.best.best,
         "arm": stage2_config.arm, "cf_weight": stage2_config.cf_weight,
         "cf_confidence": stage2_config.cf_confidence, "stage1": stage1.metrics,
-        "cf_scaling": stage2_inputs.cf_scaling, "train_seconds": round(time.time() - started, 1),
+        "stage2": trained.summary, "cf_scaling": stage2_inputs.cf_scaling,
+        "train_seconds": round(time.time() - started, 1),
         "num_items": {k: int(len(v)) for k, v in stage2_inputs.splits.items()}})
     hparams.write(os.path.join(runtime.outdir, "tensorboard"), config, test, best.best)
     if not runtime.chief:
@@ -107,9 +108,11 @@ def main(argv):
     # --- Export: SavedModel for TF Serving ---------------------------------------
     if config.output.export:
         run_export.export_run(
-            model, catalogue, stage1.vectors, stage1.has_vector, stage2_inputs.cf_scaling,
+            trained.serving_model, catalogue, stage1.vectors, stage1.has_vector,
+            stage2_inputs.cf_scaling,
             {"backbone": stage2_config.backbone, "multi_label": stage2_inputs.multi_label,
-             "test_macro_map": test["macro_map"], "workdir": workdir}, config, log=log)
+             "train_backbone": stage2_config.train_backbone, "test_macro_map": test["macro_map"],
+             "workdir": workdir}, config, log=log)
     log(f"done in {time.time() - started:.0f} s")
 
 

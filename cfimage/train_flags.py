@@ -145,6 +145,31 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA (auto: GPU only).",
                       flag_values=flag_values)
 
+    # --- Stage 2: cached backbone features, two-phase fine-tuning (stage2/cached.py) ---
+    flags.DEFINE_boolean("train_backbone", True, "true: the whole image model trains end to "
+                         "end. false: the backbone's features are computed once (cached, see "
+                         "--feature_cache) and only the adapter and heads train on them; the "
+                         "export still takes image bytes (backbone + trained heads).",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("adapter_units", 0, "Units of a Dense+ReLU+Dropout adapter between "
+                         "the backbone features and both heads (0 = none).",
+                         flag_values=flag_values)
+    flags.DEFINE_string("feature_cache", None, "Directory of cached backbone features "
+                        "(default: <workdir>/features). Share one between runs and experiment "
+                        "cells of the same images: features are reused while the images and "
+                        "the backbone settings are unchanged.", flag_values=flag_values)
+    flags.DEFINE_integer("finetune_epochs", 0, "With --train_backbone=false: after the heads "
+                         "have trained on cached features, unfreeze the backbone (--unfreeze) "
+                         "and train the whole model this many more epochs at "
+                         "--finetune_learning_rate (0 = no fine-tuning).",
+                         flag_values=flag_values)
+    flags.DEFINE_string("unfreeze", "all", "What fine-tuning unfreezes: all, or top_blocks:N "
+                        "(the last N MBConv blocks and the head convolution). BatchNorm layers "
+                        "stay frozen.", flag_values=flag_values)
+    flags.DEFINE_float("finetune_learning_rate", 1e-4, "Peak learning rate of the fine-tuning "
+                       "phase (cosine decay; scaled by the replicas like --learning_rate).",
+                       flag_values=flag_values)
+
     # --- Scale: distribution strategy and input from TFRecords ---------------------
     flags.DEFINE_enum("strategy", "auto",
                       ["auto", "one_device", "mirrored", "multi_worker", "tpu"], "Stage-2 "
@@ -198,6 +223,11 @@ def define_flags(flag_values=flags.FLAGS):
         "dropout": (lambda value: 0.0 <= value < 1.0, "must be in [0, 1)"),
         "learning_rate": (lambda value: value > 0, "must be > 0"),
         "threads": (lambda value: value >= 0, "must be >= 0 (0 = TensorFlow's default)"),
+        "adapter_units": (lambda value: value >= 0, "must be >= 0 (0 = no adapter)"),
+        "finetune_epochs": (lambda value: value >= 0, "must be >= 0 (0 = no fine-tuning)"),
+        "finetune_learning_rate": (lambda value: value > 0, "must be > 0"),
+        "unfreeze": (lambda text: config_lib.parse_unfreeze(text) is not None,
+                     "use all or top_blocks:N with N >= 1"),
     }
     for name, (check, message) in bounds.items():
         flags.register_validator(name, check, message=message, flag_values=flag_values)

@@ -143,6 +143,51 @@ def test_flags_txt_leaves_out_flags_that_are_not_cfimage_settings():
     assert "test_random_seed" not in text
 
 
+# --- Cached-feature training and fine-tuning (cfimage/stage2/cached.py) ------------------------
+def test_cached_training_settings_reach_the_config(tmp_path):
+    stage2 = config_of(f"--workdir={tmp_path}/run", "--train_backbone=false",
+                       "--adapter_units=256", "--finetune_epochs=3", "--unfreeze=top_blocks:2",
+                       "--finetune_learning_rate=5e-5").stage2
+    assert (stage2.train_backbone, stage2.adapter_units, stage2.finetune_epochs,
+            stage2.unfreeze, stage2.finetune_learning_rate) == (False, 256, 3, "top_blocks:2",
+                                                                5e-5)
+    assert stage2.feature_cache == str(tmp_path / "run" / "features")  # the default
+    shared = config_of("--train_backbone=false", f"--feature_cache={tmp_path}/shared")
+    assert shared.stage2.feature_cache == str(tmp_path / "shared")
+    end_to_end = config_of().stage2
+    assert (end_to_end.train_backbone, end_to_end.feature_cache,
+            end_to_end.finetune_epochs) == (True, None, 0)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train_backbone=false", "--tfrecords=shards/items-*"],
+     "--train_backbone=false computes backbone features from the image files; it cannot read "
+     "--tfrecords=shards/items-*"),
+    (["--train_backbone=false", "--strategy=tpu"], "--strategy=tpu is not supported with it"),
+    (["--train_backbone=false", "--strategy=multi_worker", "--cf_embeddings=v.npz"],
+     "--strategy=multi_worker is not supported with it"),
+    (["--finetune_epochs=2"], "--finetune_epochs=2 is the second phase of "
+     "--train_backbone=false"),
+])
+def test_cached_training_refuses_what_it_cannot_do(argv, message):
+    with pytest.raises(UserError) as error:
+        config_of(*argv)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--unfreeze=top_blocks:0"], "flag --unfreeze=top_blocks:0: use all or top_blocks:N"),
+    (["--unfreeze=some"], "flag --unfreeze=some: use all or top_blocks:N"),
+    (["--adapter_units=-1"], "flag --adapter_units=-1: must be >= 0"),
+    (["--finetune_epochs=-1"], "flag --finetune_epochs=-1: must be >= 0"),
+    (["--finetune_learning_rate=0"], "flag --finetune_learning_rate=0.0: must be > 0"),
+])
+def test_cached_training_flag_bounds_stop_the_parse(argv, message):
+    with pytest.raises(flags.IllegalFlagValueError) as error:
+        parse(*argv)
+    assert message in str(error.value)
+
+
 # --- The flagfiles under configs/ ------------------------------------------------------------
 
 def test_there_are_configs():

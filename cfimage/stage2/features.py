@@ -120,19 +120,25 @@ def _known_rows(directory, settings, fingerprints):
     return found
 
 
-class FeatureExtractor:
-    """The backbone as a batched function: uint8 images -> pooled features (float32)."""
+def extraction_backbone(backbone, weights, image_size):
+    """The backbone whose features the cache holds, built as model.build_model builds it
+    (with --weights=none, from the seed RANDOM_BACKBONE_SEED, so that every run and every
+    export rebuilds the same network). Resets Keras' random seed: seed again after it."""
+    from cfimage.stage2 import model as model_lib
+    if weights in (None, "none"):
+        import keras
+        keras.utils.set_random_seed(RANDOM_BACKBONE_SEED)
+    return model_lib.build_backbone(backbone, weights, (*tuple(image_size), 3))
 
-    def __init__(self, backbone, weights, image_size):
+
+class FeatureExtractor:
+    """The backbone as a batched function: uint8 images -> pooled features (float32).
+    `model`: an extraction_backbone already built (the default builds one)."""
+
+    def __init__(self, backbone, weights, image_size, model=None):
         import tensorflow as tf
-        from cfimage.stage2 import model as model_lib
         self.image_size = tuple(image_size)
-        if weights in (None, "none"):
-            # A random backbone is seeded, so that rows computed in different runs (a resumed
-            # extraction, a second view) come from the same network.
-            import keras
-            keras.utils.set_random_seed(RANDOM_BACKBONE_SEED)
-        self.model = model_lib.build_backbone(backbone, weights, (*self.image_size, 3))
+        self.model = model or extraction_backbone(backbone, weights, self.image_size)
         self._call = tf.function(lambda images: self.model(images, training=False))
 
     def __call__(self, uint8_images):
@@ -212,10 +218,19 @@ def _save_if_changed(stem, settings, fingerprints, features):
         _save(stem, {"settings": settings, "images": fingerprints}, features)
 
 
-def features(directory, image_paths, backbone, weights, image_size, views=VIEWS, *,
-             batch_size=32, log=print):
-    """Pooled backbone features of `image_paths`, averaged over `views` (see the module
-    docstring); each view is read from the cache under `directory` or computed and stored."""
+@dataclasses.dataclass
+class ViewFeatures:
+    views: dict  # view name -> (num_images, feature_dim) float32
+    computed: int  # image-views computed in this call
+    reused: int  # image-views read from the cache
+
+
+def per_view(directory, image_paths, backbone, weights, image_size, views=VIEWS, *,
+             batch_size=32, extractor_model=None, log=print):
+    """Pooled backbone features of `image_paths` for each of `views` (see the module
+    docstring), each read from the cache under `directory` or computed and stored.
+    `extractor_model`: the extraction_backbone to compute missing rows with (default: one is
+    built, once, only when a row is missing)."""
     views = tuple(views)
     if not views or len(set(views)) != len(views):
         raise ValueError(f"views must be distinct names from {VIEWS}, got {views}")
@@ -225,14 +240,24 @@ def features(directory, image_paths, backbone, weights, image_size, views=VIEWS,
 
     def get_extractor():  # one backbone for all views, built only when something is missing
         if not built:
-            built.append(FeatureExtractor(backbone, weights, image_size))
+            built.append(FeatureExtractor(backbone, weights, image_size, model=extractor_model))
         return built[0]
 
-    total, computed, reused = None, 0, 0
+    values, computed, reused = {}, 0, 0
     for view in views:
-        values, new, old = view_features(directory, image_paths, backbone, weights,
-                                         image_size, view, batch_size=batch_size,
-                                         get_extractor=get_extractor, log=log)
-        total = values.astype(np.float64) if total is None else total + values
+        values[view], new, old = view_features(directory, image_paths, backbone, weights,
+                                               image_size, view, batch_size=batch_size,
+                                               get_extractor=get_extractor, log=log)
         computed, reused = computed + new, reused + old
-    return FeatureResult((total / len(views)).astype(np.float32), computed, reused)
+    return ViewFeatures(values, computed, reused)
+
+
+def features(directory, image_paths, backbone, weights, image_size, views=VIEWS, *,
+             batch_size=32, log=print):
+    """Pooled backbone features of `image_paths`, averaged over `views` (see the module
+    docstring); each view is read from the cache under `directory` or computed and stored."""
+    result = per_view(directory, image_paths, backbone, weights, image_size, views,
+                      batch_size=batch_size, log=log)
+    total = sum(value.astype(np.float64) for value in result.views.values())
+    return FeatureResult((total / len(result.views)).astype(np.float32), result.computed,
+                         result.reused)

@@ -44,8 +44,9 @@ def compile_model(model, optimizer, label_loss, arm, label_weight, cf_weight, ji
 
 
 def resumable_fit(model, train_ds, val_ds, epochs, workdir, tag, callbacks=(), log=print,
-                  max_loss=None):
+                  max_loss=None, initial_epoch=0):
     """model.fit that a killed run resumes (BackupAndRestore in <workdir>/backup[_tag]).
+    `epochs` more epochs, numbered from `initial_epoch` (a phase that continues a run).
 
     Raises TrainingDiverged (a UserError) with the stage and step when the loss stops being
     finite or, with `max_loss`, grows above it (the epoch's running mean of the training loss).
@@ -64,8 +65,9 @@ def resumable_fit(model, train_ds, val_ds, epochs, workdir, tag, callbacks=(), l
                                     update_freq="epoch"),
     ]
     # shuffle=False: the tf.data pipeline shuffles (data.make_dataset); Keras cannot.
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=all_callbacks,
-              shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
+    model.fit(train_ds, validation_data=val_ds, epochs=initial_epoch + epochs,
+              initial_epoch=initial_epoch, callbacks=all_callbacks, shuffle=False,
+              verbose=1 if sys.stdout.isatty() else 2)
     if nan_guard.failed_at:
         step, value = nan_guard.failed_at
         best = os.path.join(workdir, "checkpoints", "best.weights.h5")

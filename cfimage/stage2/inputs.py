@@ -1,6 +1,8 @@
 """Stage 2's inputs of a run: CF targets, split and label masking, CF-loss weights of the arm,
 and the train/validation/test datasets (decoded images cached in memory, or TFRecord shards
-when they would not fit)."""
+when they would not fit). Cached-feature training (cfimage/stage2/cached.py) builds its
+feature datasets from the same splits and `targets`; it needs the image datasets only to
+fine-tune."""
 
 import dataclasses
 import os
@@ -17,8 +19,9 @@ class Stage2Inputs:
     labelled: np.ndarray  # (num_items,) bool: labels kept after --label_ratio masking
     multi_label: bool
     cf_scaling: dict  # how the CF vectors were centred and scaled into targets
-    train: object  # tf.data.Dataset of (pixels, {"labels", "cf"}) batches
-    validation: object
+    targets: dict  # every item's packed targets (data.pack_targets), rows as the catalogue's
+    train: object  # tf.data.Dataset of (pixels, {"labels", "cf"}) batches; None when stage 2
+    validation: object  # reads no images (cached features without fine-tuning)
     test: object
 
 
@@ -61,6 +64,8 @@ def prepare(catalogue, vectors, has_vector, stage2, cf_target_scale, task, globa
         weights = np.where(neighbours >= 0, weights, 0.0).astype(np.float32)
     targets = data.pack_targets(catalogue.labels, labelled, cf_for_loss, weights)
 
+    if not (stage2.train_backbone or stage2.finetune_epochs):
+        return Stage2Inputs(splits, labelled, multi_label, cf_scaling, targets, None, None, None)
     shards = stage2.tfrecords or _shards_when_too_big(catalogue, targets, stage2, outdir, log)
 
     def dataset(name, training):
@@ -73,7 +78,8 @@ def prepare(catalogue, vectors, has_vector, stage2, cf_target_scale, task, globa
                                  {k: v[index] for k, v in targets.items()}, stage2.image_size,
                                  global_batch, training=training, seed=stage2.seed)
 
-    return Stage2Inputs(splits, labelled, multi_label, cf_scaling, dataset("train", True),
+    return Stage2Inputs(splits, labelled, multi_label, cf_scaling, targets,
+                        dataset("train", True),
                         dataset("validation", False), dataset("test", False))
 
 

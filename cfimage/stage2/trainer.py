@@ -2,12 +2,16 @@
 trained (the two_stage arm first pre-trains on the CF targets alone), and the checkpoint of
 the epoch with the best validation mAP kept at <workdir>/checkpoints/best.weights.h5.
 
+With --train_backbone=false the same phases train the heads on cached backbone features
+instead (cfimage/stage2/cached.py, built on the helpers here).
+
 A killed run resumes: every phase restores its last epoch (BackupAndRestore), a finished
 pre-training phase is loaded from its weights file, and the best checkpoint of the
 interrupted run is only replaced by a better epoch.
 """
 
 import contextlib
+import dataclasses
 import os
 
 import keras
@@ -18,13 +22,26 @@ from cfimage.stage2 import fit, losses
 from cfimage.stage2 import model as model_lib
 from cfimage.stage2.callbacks import select_by_validation_map
 
+BUILD_ERRORS = (ValueError, ImportError, FileNotFoundError, RuntimeError)  # bad weights etc.
+
+
+@dataclasses.dataclass
+class Stage2Result:
+    model: object  # the trained keras.Model that `test` feeds (evaluation loads `best` into it)
+    best: object  # callbacks.BestCheckpoint: path, best (validation mAP), best_epoch
+    test: object  # the test split's dataset, in the input `model` takes
+    serving_model: object  # pixels -> {"labels", "cf"}, sharing its weights with `model`
+    summary: dict  # how stage 2 trained, for metrics.json
+
 
 def train(catalogue, inputs, cf_dim, stage2, runtime, log=print):
-    """Trains the arm of the Stage2Config `stage2` on the Stage2Inputs `inputs`. Returns the
-    model (with its last epoch's weights) and the BestCheckpoint record (path, best,
-    best_epoch)."""
+    """Trains the arm of the Stage2Config `stage2` on the Stage2Inputs `inputs`: end to end,
+    or (--train_backbone=false) on cached features. Returns a Stage2Result whose model has its
+    last epoch's weights."""
+    if not stage2.train_backbone:
+        from cfimage.stage2 import cached  # builds on this module
+        return cached.train(catalogue, inputs, cf_dim, stage2, runtime, log=log)
     arm, outdir = stage2.arm_spec, runtime.outdir
-    train_rows = inputs.splits["train"]
     # The model, its optimizer and its metrics are created in the strategy's scope.
     strategy_scope = contextlib.ExitStack()
     strategy_scope.enter_context(runtime.strategy.scope())
@@ -32,50 +49,85 @@ def train(catalogue, inputs, cf_dim, stage2, runtime, log=print):
     try:
         model = model_lib.build_model(stage2.backbone, stage2.weights, stage2.image_size,
                                       catalogue.num_classes, inputs.multi_label, cf_dim,
-                                      dropout=stage2.dropout)
-    except (ValueError, ImportError, FileNotFoundError, RuntimeError) as error:
+                                      dropout=stage2.dropout, adapter_units=stage2.adapter_units)
+    except BUILD_ERRORS as error:
         raise UserError(str(error)) from None
     log(f"model {model.name}: {model.count_params():,} parameters, image size "
         f"{stage2.image_size}")
-    if stage2.sync_batchnorm:
-        log(f"synchronised BatchNormalization in {model_lib.synchronize_batchnorm(model)} "
-            f"layers, over {runtime.strategy.num_replicas_in_sync} replica(s)")
-    steps_per_epoch = -(-len(train_rows) // runtime.global_batch)
-    label_loss = (losses.MaskedWeightedBCE(losses.positive_weights(
-        catalogue.labels[train_rows], inputs.labelled[train_rows]))
-        if inputs.multi_label else losses.MaskedCrossEntropy())
-
-    def compile_for(epochs, label_weight, cf_weight):
-        optimizer = fit.make_optimizer(stage2.optimizer, runtime.learning_rate,
-                                       stage2.weight_decay, stage2.clipnorm,
-                                       epochs * steps_per_epoch)
-        fit.compile_model(model, optimizer, label_loss, arm.name, label_weight, cf_weight,
-                          runtime.jit_compile, triplet_margin=stage2.triplet_margin)
-
+    sync_batchnorm(model, stage2, runtime, log)
+    steps_per_epoch = -(-len(inputs.splits["train"]) // runtime.global_batch)
+    loss = label_loss(catalogue, inputs)
     checkpoint_dir = os.path.join(outdir, "checkpoints")
     os.makedirs(checkpoint_dir, exist_ok=True)
-    if arm.pretrain:  # phase 1 regresses the CF targets only (label weight 0, λ 1)
-        pretrained = os.path.join(checkpoint_dir, "pretrained_cf.weights.h5")
-        if os.path.exists(pretrained):
-            log(f"two-stage: phase 1 already done, loading {pretrained}")
-        else:
-            log(f"two-stage: phase 1, {stage2.pretrain_epochs} epochs on the CF targets only")
-            compile_for(stage2.pretrain_epochs, 0.0, 1.0)
-            fit.resumable_fit(model, inputs.train, inputs.validation, stage2.pretrain_epochs,
-                              outdir, "pretrain", log=log, max_loss=stage2.max_loss)
-            atomic.save_weights(model, pretrained)
-        model.load_weights(pretrained)
-    compile_for(stage2.epochs, 1.0, stage2.cf_weight)
+    if arm.pretrain:
+        pretrain(model, inputs.train, inputs.validation, stage2, runtime, loss, steps_per_epoch,
+                 os.path.join(checkpoint_dir, "pretrained_cf.weights.h5"), log)
+    compile_phase(model, stage2, runtime, loss, stage2.epochs * steps_per_epoch, 1.0,
+                  stage2.cf_weight)
     strategy_scope.close()
 
     resuming = os.path.isdir(os.path.join(outdir, "backup"))
-    if resuming:
-        log(f"resuming stage 2 from {os.path.join(outdir, 'backup')}")
     log(f"stage 2 ({arm.name}): {stage2.epochs} epochs of {steps_per_epoch} steps, "
         f"λ = {stage2.cf_weight} (the first step traces the graph and takes a while)")
+    best = fit_selected(model, inputs.train, inputs.validation, catalogue, inputs, stage2,
+                        runtime, stage2.epochs, resuming, log=log)
+    return Stage2Result(model, best, inputs.test, model, {
+        "train_backbone": True, "adapter_units": stage2.adapter_units})
+
+
+def sync_batchnorm(model, stage2, runtime, log):
+    if stage2.sync_batchnorm:
+        log(f"synchronised BatchNormalization in {model_lib.synchronize_batchnorm(model)} "
+            f"layers, over {runtime.strategy.num_replicas_in_sync} replica(s)")
+
+
+def label_loss(catalogue, inputs):
+    """The label loss of the run: positive-weighted masked BCE (multi-label) or masked
+    cross-entropy, with the class weights of the labelled training items."""
+    train_rows = inputs.splits["train"]
+    if not inputs.multi_label:
+        return losses.MaskedCrossEntropy()
+    return losses.MaskedWeightedBCE(losses.positive_weights(
+        catalogue.labels[train_rows], inputs.labelled[train_rows]))
+
+
+def compile_phase(model, stage2, runtime, loss, total_steps, label_weight, cf_weight,
+                  learning_rate=None):
+    """Compiles `model` for one training phase: a fresh optimizer whose cosine schedule spans
+    `total_steps`, at `learning_rate` (default: the run's, scaled by the replicas)."""
+    optimizer = fit.make_optimizer(stage2.optimizer, learning_rate or runtime.learning_rate,
+                                   stage2.weight_decay, stage2.clipnorm, total_steps)
+    fit.compile_model(model, optimizer, loss, stage2.arm, label_weight, cf_weight,
+                      runtime.jit_compile, triplet_margin=stage2.triplet_margin)
+
+
+def pretrain(model, train, validation, stage2, runtime, loss, steps_per_epoch, path, log):
+    """two_stage phase 1: regresses the CF targets only (label weight 0, λ 1) for
+    --pretrain_epochs, saved at `path`; a finished phase is loaded from there."""
+    if os.path.exists(path):
+        log(f"two-stage: phase 1 already done, loading {path}")
+    else:
+        log(f"two-stage: phase 1, {stage2.pretrain_epochs} epochs on the CF targets only")
+        compile_phase(model, stage2, runtime, loss, stage2.pretrain_epochs * steps_per_epoch,
+                      0.0, 1.0)
+        fit.resumable_fit(model, train, validation, stage2.pretrain_epochs, runtime.outdir,
+                          "pretrain", log=log, max_loss=stage2.max_loss)
+        atomic.save_weights(model, path)
+    model.load_weights(path)
+
+
+def fit_selected(model, train, validation, catalogue, inputs, stage2, runtime, epochs,
+                 resuming, tag="", initial_epoch=0, log=print):
+    """Fits `epochs` epochs keeping the epoch of best validation mAP at
+    <outdir>/checkpoints/best.weights.h5; returns its BestCheckpoint record. `resuming`: keep
+    the best of an earlier (interrupted, or earlier-phase) fit and replace it only with a
+    better epoch."""
+    if resuming and not tag:
+        log(f"resuming stage 2 from {os.path.join(runtime.outdir, 'backup')}")
     callbacks, best = select_by_validation_map(
-        inputs.validation, catalogue.labels[inputs.splits["validation"]], catalogue.label_names,
-        os.path.join(checkpoint_dir, "best.weights.h5"), resuming, log=log)
-    fit.resumable_fit(model, inputs.train, inputs.validation, stage2.epochs, outdir, "",
-                      callbacks=callbacks, log=log, max_loss=stage2.max_loss)
-    return model, best
+        validation, catalogue.labels[inputs.splits["validation"]], catalogue.label_names,
+        os.path.join(runtime.outdir, "checkpoints", "best.weights.h5"), resuming, log=log)
+    fit.resumable_fit(model, train, validation, epochs, runtime.outdir, tag,
+                      callbacks=callbacks, log=log, max_loss=stage2.max_loss,
+                      initial_epoch=initial_epoch)
+    return best
