@@ -112,8 +112,11 @@ def _run_worker(jobs, on_done, log):
     by_name = {cell["name"]: cell for cell, _, _ in jobs}
     process = subprocess.Popen(WORKER_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                text=True)
-    process.stdin.write(json.dumps(request))
-    process.stdin.close()
+    try:
+        process.stdin.write(json.dumps(request))
+        process.stdin.close()
+    except BrokenPipeError:  # the worker died before it read its cells: answered below
+        pass
     answered = set()
     for line in process.stdout:
         try:
