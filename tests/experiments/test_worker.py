@@ -67,7 +67,7 @@ def test_a_worker_runs_cells_as_their_own_processes_would(tmp_path, monkeypatch)
     # The cell that ran after another seed's cell gives exactly what it gives alone: the
     # global seed, layer names and Keras state of the first cell did not leak into it.
     assert _metrics(tmp_path / "cells" / second["name"] / "metrics.json") == \
-        _metrics(alone / "metrics.json")
+        _metrics(alone / "cells" / second["name"] / "metrics.json")
     # Finished cells are skipped when the experiment runs again.
     messages.clear()
     runner.run_cells([first, second], base, str(tmp_path), parallel=1, threads=1,
