@@ -8,12 +8,11 @@ Each cell is a normal `cfimage.train --arm=NAME` run in its own workdir
 (<workdir>/cells/<cell>/; cfimage/experiments/runner.py; arms: cfimage/stage2/arms.py), in a
 process of its own or, with --cells_per_process=N, N cells to a worker process
 (cfimage/experiments/worker.py); a cell whose metrics.json exists is skipped, so the command
-resumes. Stage 1 runs once
-(<workdir>/stage1/) and every cell reuses its vectors, so arms differ only in stage 2. Arms
-are paired within a seed: same split, same label mask, same initial weights. λ is chosen per
-arm and label ratio on mean *validation* mAP; the test split is read once per cell. The
-paired t-test p-values of the report's comparisons with image-only are Holm-corrected
-together (cfimage/experiments/report.py).
+resumes. Stage 1 runs once (<workdir>/stage1/) and every cell reuses its vectors, so arms
+differ only in stage 2. Arms are paired within a seed: same split, same label mask, same
+initial weights. λ is chosen per arm and label ratio on mean *validation* mAP; the test split
+is read once per cell. The paired t-test p-values of the report's comparisons with image-only
+are Holm-corrected together (cfimage/experiments/report.py).
 
 Writes <workdir>/results.csv (one row per cell), results.md (the table) and
 map_vs_label_ratio.png, gain_vs_label_ratio.png.
@@ -48,7 +47,7 @@ flags.DEFINE_integer("parallel", 1, "Cells run at once (2 with --threads_per_cel
 flags.DEFINE_integer("threads_per_cell", 0, "TensorFlow threads per cell (0 = default).")
 flags.DEFINE_integer("cells_per_process", 1, "Cells run one after another in one worker "
                      "process (cfimage/experiments/worker.py), which pays Python and "
-                     "TensorFlow start-up (10-20 s) once for all of them; 1 = each cell is "
+                     "TensorFlow start-up (6 s or more) once for all of them; 1 = each cell is "
                      "its own `python -m cfimage.train` process.", lower_bound=1)
 flags.DEFINE_boolean("report_only", False, "Only rebuild the report from finished cells.")
 flags.mark_flags_as_required(["workdir"])

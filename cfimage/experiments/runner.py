@@ -7,7 +7,7 @@ decides what its λ and confidence weighting mean.
 A cell runs either as its own `python -m cfimage.train` child process (cells_per_process=1),
 or with up to N other cells in one `python -m cfimage.experiments.worker` child, which parses
 each cell's flags in turn and calls the same `cfimage.train.main`: the interpreter and
-TensorFlow start once per N cells instead of once per cell (10-20 s each, most of a cell's
+TensorFlow start once per N cells instead of once per cell (6 s or more each, most of a cell's
 time when it trains on cached features).
 """
 

@@ -3,6 +3,8 @@ cells run as child processes a few at a time."""
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -90,3 +92,16 @@ def test_batches_spread_the_cells_over_the_parallel_workers():
         cells[:4], cells[4:8], cells[8:]]
     assert runner._batches(cells, parallel=3, cells_per_process=1) == [[c] for c in cells]
     assert runner._batches([], parallel=2, cells_per_process=8) == []
+
+
+@pytest.mark.slow
+def test_the_experiment_stops_on_bad_seeds_with_one_line_before_any_work(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    result = subprocess.run([sys.executable, "-m", "cfimage.experiment", "--seeds=0-4,5-2",
+                             f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "cfimage.experiment: error: --seeds: '5-2' is a reversed range; write it from the "
+        "lower to the higher seed, e.g. 2-5")
+    assert not (tmp_path / "run").exists()
