@@ -34,6 +34,7 @@ class CatalogueConfig:
     demo_seed: int
     demo_items: int
     demo_users: int
+    demo_kind: str  # standard | control (cfimage/catalogue/demo.py)
     on_bad_image: str  # fail | skip
     stream_interactions: str  # auto | true | false
     task: str  # auto | multi_label | single_label
@@ -195,7 +196,8 @@ def from_flags(flags):
                 ignore_labels=tuple(flags.ignore_labels),
                 unknown_interaction_items=flags.unknown_interaction_items),
             demo_seed=flags.demo_seed, demo_items=flags.demo_items,
-            demo_users=flags.demo_users, on_bad_image=flags.on_bad_image,
+            demo_users=flags.demo_users, demo_kind=flags.demo_kind,
+            on_bad_image=flags.on_bad_image,
             stream_interactions=flags.stream_interactions, task=flags.task),
         stage1=Stage1Config(
             two_tower=two_tower, stream=StreamConfig(shuffle_buffer=flags.cf_shuffle_buffer),

@@ -77,7 +77,7 @@ def main(argv):
         root = os.path.join(workdir, "demo_catalogue")
         log(f"no --catalogue: generating the demo catalogue (synthetic) in {root}")
         demo.make_demo_catalogue(root, seed=FLAGS.demo_seed, num_items=FLAGS.demo_items,
-                                 num_users=FLAGS.demo_users)
+                                 num_users=FLAGS.demo_users, kind=FLAGS.demo_kind)
     from cfimage import config  # loads TensorFlow: after the flags file is written
     run_config = config.from_flags(FLAGS)  # the same settings as cfimage.train
     spec = run_config.catalogue.spec

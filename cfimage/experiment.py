@@ -2,14 +2,17 @@ r"""Runs the paper's comparison: arms x label ratios x λ values x seeds on one 
 
     python -m cfimage.experiment --train_flagfile=configs/movielens_posters_cpu.cfg \
         --arms=image_only,multitask --label_ratios=0.1,0.3,1.0 --cf_weights=1,2 \
-        --seeds=0,1,2,3,4 --workdir=runs/experiment_movielens
+        --seeds=0-4 --workdir=runs/experiment_movielens
 
-Each cell is a normal `python -m cfimage.train --arm=NAME` run in its own workdir
-(<workdir>/cells/<cell>/; cfimage/experiments/runner.py; arms: cfimage/stage2/arms.py);
-a cell whose metrics.json exists is skipped, so the command resumes. Stage 1 runs once
-(<workdir>/stage1/) and every cell reuses its vectors, so arms differ only in stage 2. Arms
-are paired within a seed: same split, same label mask, same initial weights. λ is chosen per
-arm and label ratio on mean *validation* mAP; the test split is read once per cell.
+Each cell is a normal `cfimage.train --arm=NAME` run in its own workdir
+(<workdir>/cells/<cell>/; cfimage/experiments/runner.py; arms: cfimage/stage2/arms.py), in a
+process of its own or, with --cells_per_process=N, N cells to a worker process
+(cfimage/experiments/worker.py); a cell whose metrics.json exists is skipped, so the command
+resumes. Stage 1 runs once (<workdir>/stage1/) and every cell reuses its vectors, so arms
+differ only in stage 2. Arms are paired within a seed: same split, same label mask, same
+initial weights. λ is chosen per arm and label ratio on mean *validation* mAP; the test split
+is read once per cell. The paired t-test p-values of the report's comparisons with image-only
+are Holm-corrected together (cfimage/experiments/report.py).
 
 Writes <workdir>/results.csv (one row per cell), results.md (the table) and
 map_vs_label_ratio.png, gain_vs_label_ratio.png.
@@ -37,11 +40,16 @@ flags.DEFINE_list("arms", ["image_only", "multitask"], "Arms (cfimage/stage2/arm
                   f"{arms.describe()}.")
 flags.DEFINE_list("label_ratios", ["0.1", "0.3", "1.0"], "Label ratios.")
 flags.DEFINE_list("cf_weights", ["2.0"], "λ values for the arms that have one.")
-flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds (split, label mask, init).")
+flags.DEFINE_list("seeds", ["0-4"], "Seeds (split, label mask, init): seeds and ranges "
+                  "that include both ends, e.g. 0-29 or 0-4,10,12-13.")
 flags.DEFINE_string("workdir", None, "Experiment directory.")
 flags.DEFINE_integer("parallel", 1, "Cells run at once (2 with --threads_per_cell=1 gets "
                      "~13% more throughput than 1 on a 2-core CPU).")
 flags.DEFINE_integer("threads_per_cell", 0, "TensorFlow threads per cell (0 = default).")
+flags.DEFINE_integer("cells_per_process", 1, "Cells run one after another in one worker "
+                     "process (cfimage/experiments/worker.py), which pays Python and "
+                     "TensorFlow start-up (6 s or more) once for all of them; 1 = each cell is "
+                     "its own `python -m cfimage.train` process.", lower_bound=1)
 flags.DEFINE_boolean("report_only", False, "Only rebuild the report from finished cells.")
 flags.mark_flags_as_required(["workdir"])
 flags.register_validator("arms", lambda names: set(names) <= set(arms.ARMS),
@@ -55,13 +63,14 @@ def log(message):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    seeds = runner.parse_seeds(FLAGS.seeds)  # before any work: a bad seed stops here
     from cfimage.experiments import report
 
     workdir = os.path.abspath(FLAGS.workdir)
     workdir_lib.claim(workdir, log=log)  # each cell's workdir is locked by its own train run
     base_flags = ([f"--flagfile={os.path.abspath(FLAGS.train_flagfile)}"]
                   if FLAGS.train_flagfile else []) + list(FLAGS.train_flags)
-    cells = runner.plan_cells(FLAGS.arms, FLAGS.label_ratios, FLAGS.cf_weights, FLAGS.seeds)
+    cells = runner.plan_cells(FLAGS.arms, FLAGS.label_ratios, FLAGS.cf_weights, seeds)
     with open(os.path.join(workdir, "experiment.json"), "w") as f:
         json.dump({"command": " ".join(sys.argv), "train_flags": base_flags,
                    "cells": len(cells)}, f, indent=2)
@@ -74,9 +83,14 @@ def main(argv):
             log("stage 1 (CF embeddings), shared by every cell")
             subprocess.run(runner.train_command(base_flags, [f"--workdir={stage1}",
                                                              "--stage1_only"]), check=True)
-        base_flags = base_flags + [f"--cf_embeddings={vectors}"]
+        # Without --catalogue, stage 1 generated the demo catalogue: every cell reads that one
+        # (a later --catalogue in the train flags still wins) instead of generating its own.
+        demo = os.path.join(stage1, "demo_catalogue")
+        shared = [f"--catalogue={demo}"] if os.path.isfile(os.path.join(demo, "demo.json")) \
+            else []
+        base_flags = shared + base_flags + [f"--cf_embeddings={vectors}"]
         runner.run_cells(cells, base_flags, workdir, FLAGS.parallel, FLAGS.threads_per_cell,
-                         log=log)
+                         log=log, cells_per_process=FLAGS.cells_per_process)
 
     results = runner.collect(cells, workdir)
     if results.empty:

@@ -53,7 +53,8 @@ def main(argv):
         log(f"no --catalogue: generating the demo catalogue (synthetic) in {root}")
         demo.make_demo_catalogue(root, seed=catalogue_config.demo_seed,
                                  num_items=catalogue_config.demo_items,
-                                 num_users=catalogue_config.demo_users)
+                                 num_users=catalogue_config.demo_users,
+                                 kind=catalogue_config.demo_kind)
     # A large or sharded log is streamed by stage 1, never loaded into pandas.
     stream, stream_why = pipeline.should_stream(catalogue_config.stream_interactions, root,
                                                 spec.interactions_file)

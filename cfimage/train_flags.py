@@ -33,6 +33,10 @@ def define_flags(flag_values=flags.FLAGS):
                          flag_values=flag_values)
     flags.DEFINE_integer("demo_users", 400, "Number of users of the generated demo catalogue.",
                          flag_values=flag_values)
+    flags.DEFINE_enum("demo_kind", "standard", ["standard", "control"], "Generated demo "
+                      "catalogue: standard (the smoke test), or control (the positive control: "
+                      "interactions a known function of the image, labels = its shape; "
+                      "docs/data.md).", flag_values=flag_values)
     flags.DEFINE_string("items_file", "items.csv", "Items file inside the catalogue.",
                         flag_values=flag_values)
     flags.DEFINE_string("interactions_file", "interactions.csv", "Interactions file.",

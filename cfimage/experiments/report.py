@@ -1,4 +1,14 @@
-"""Experiment report: λ chosen on validation, mean ± 95% CI over seeds, paired tests, plots."""
+"""Experiment report: λ chosen on validation, mean ± 95% CI over seeds, paired tests with
+Holm-corrected p-values, plots.
+
+Each row of the main table compares one arm, at one label ratio and the λ chosen on validation
+mAP, with image-only on the same seeds (paired t-test on test macro mAP). Every such
+comparison is a test, so their p-values are corrected together with Holm's step-down method,
+which holds the chance of any false "significant" at 5% without assuming the tests are
+independent. λ is chosen on validation only; the test figures never enter the choice, so the
+test p-value of the chosen λ is not made optimistic by it. The "Every λ" table's p-values
+are for reading only: they are not corrected and nothing is chosen on them.
+"""
 
 import os
 
@@ -6,6 +16,23 @@ import numpy as np
 from scipy import stats
 
 BASELINE = "image_only"
+ALPHA = 0.05  # family-wise error rate of the Holm-corrected comparisons
+
+
+def holm(p_values):
+    """Holm-adjusted p-values, in the order given: the i-th smallest of m is multiplied by
+    m - i + 1, then made non-decreasing in that order and capped at 1. NaN (no test) stays
+    NaN and does not count in m."""
+    p_values = np.asarray(p_values, np.float64)
+    adjusted = np.full(len(p_values), np.nan)
+    tested = np.flatnonzero(~np.isnan(p_values))
+    order = tested[np.argsort(p_values[tested], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
 
 
 def mean_ci(values):
@@ -56,7 +83,9 @@ def summarise_cell(results, cell, ratio, gain=True):
 
 
 def summarise(results):
-    """One row per (label_ratio, arm) at the λ chosen on validation."""
+    """One row per (label_ratio, arm) at the λ chosen on validation; the rows that test a gain
+    over image-only get their Holm-corrected p-value (`p_holm`) over all those rows, and
+    `significant` when it is below ALPHA."""
     chosen = choose_lambda(results)
     rows = []
     for (arm, ratio), cf_weight in sorted(chosen.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -65,6 +94,10 @@ def summarise(results):
         row = {"label_ratio": ratio, "arm": arm, "cf_weight": cf_weight, "seeds": len(cell),
                **summarise_cell(results, cell, ratio, gain=arm != BASELINE)}
         rows.append(row)
+    tested = [r for r in rows if "p_value" in r]
+    for row, adjusted in zip(tested, holm([r["p_value"] for r in tested])):
+        row["p_holm"] = float(adjusted)
+        row["significant"] = bool(adjusted < ALPHA)  # NaN (identical differences): False
     return rows
 
 
@@ -84,35 +117,59 @@ def sweep(results):
     return rows
 
 
-def _table(header, rows, cells):
-    """A Markdown table: `header` columns, then one row per entry of `rows` whose first
-    columns are `cells(r)` and whose last two are the paired gain and its p-value."""
+def _gain_cells(r, corrected):
+    """The paired-gain columns of a row: mean gain, its 95% CI, p (and Holm's p, significant)."""
+    if "gain" not in r:
+        return ["—"] * (5 if corrected else 3)
+    interval = f"[{r['gain'] - r['gain_ci']:+.1f}%, {r['gain'] + r['gain_ci']:+.1f}%]"
+    cells = [f"{r['gain']:+.1f}%", interval, _p_text(r["p_value"])]
+    if corrected:
+        cells += [_p_text(r["p_holm"]), "yes" if r["significant"] else "no"]
+    return cells
+
+
+def _p_text(p_value):
+    return "—" if np.isnan(p_value) else f"{p_value:.2g}" if p_value < 0.001 else \
+        f"{p_value:.3f}"
+
+
+def _table(header, rows, cells, corrected):
+    """A Markdown table: `header` columns, then one row per entry of `rows`: `cells(r)`, then
+    the paired gain over image-only, its 95% CI and p-value (and, `corrected`, the
+    Holm-corrected p-value and whether it is significant)."""
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for r in rows:
-        gain = f"{r['gain']:+.1f}% ± {r['gain_ci']:.1f}%" if "gain" in r else "—"
-        p_value = f"{r['p_value']:.3f}" if "p_value" in r else "—"
-        lines.append("| " + " | ".join([*cells(r), gain, p_value]) + " |")
+        lines.append("| " + " | ".join([*cells(r), *_gain_cells(r, corrected)]) + " |")
     return "\n".join(lines)
 
 
-GAIN_COLUMNS = ["gain vs image-only (paired)", "paired t-test p"]
+GAIN_COLUMNS = ["gain vs image-only (paired mean)", "95% CI", "paired t-test p"]
+CORRECTED_COLUMNS = ["p (Holm, {m} tests)", f"significant (Holm p < {ALPHA:g})"]
 
 
 def _format_sweep(rows):
     return _table(
         ["label ratio", "arm", "λ", "seeds", "validation mAP (chooses λ)", "test macro mAP",
-         *GAIN_COLUMNS], rows,
+         *GAIN_COLUMNS[:2], "p (uncorrected, for reading)"], rows,
         lambda r: [f"{r['label_ratio']:g}", r["arm"],
                    f"{r['cf_weight']:g}" + (" (chosen)" if r["chosen"] else ""),
-                   f"{r['seeds']}", f"{r['val_map']:.4f}", f"{r['map']:.4f} ± {r['map_ci']:.4f}"])
+                   f"{r['seeds']}", f"{r['val_map']:.4f}", f"{r['map']:.4f} ± {r['map_ci']:.4f}"],
+        corrected=False)
+
+
+def corrected_tests(rows):
+    """How many comparisons the Holm correction of `rows` (summarise's) covered."""
+    return sum(1 for r in rows if "p_holm" in r and not np.isnan(r["p_value"]))
 
 
 def _format(rows):
     return _table(
         ["label ratio", "arm", "λ (on val)", "seeds", "test macro mAP", "precision@1",
-         *GAIN_COLUMNS], rows,
+         *GAIN_COLUMNS, *[c.format(m=corrected_tests(rows)) for c in CORRECTED_COLUMNS]],
+        rows,
         lambda r: [f"{r['label_ratio']:g}", r["arm"], f"{r['cf_weight']:g}", f"{r['seeds']}",
-                   f"{r['map']:.4f} ± {r['map_ci']:.4f}", f"{r['p1']:.4f} ± {r['p1_ci']:.4f}"])
+                   f"{r['map']:.4f} ± {r['map_ci']:.4f}", f"{r['p1']:.4f} ± {r['p1_ci']:.4f}"],
+        corrected=True)
 
 
 def _plots(rows, workdir):
@@ -144,6 +201,14 @@ def _plots(rows, workdir):
         plt.close(figure)
 
 
+def _correction_note(rows):
+    tests = corrected_tests(rows)
+    return (f"The p-values of all {tests} comparisons with image-only in this table are "
+            f"Holm-corrected together; \"significant\" means a corrected p below {ALPHA:g}. λ "
+            "is chosen on validation only, so the test p-values are not made optimistic by "
+            "the choice.")
+
+
 def write_report(results, workdir, command=""):
     """Writes results.md and the two plots into `workdir`; returns the Markdown table."""
     rows = summarise(results)
@@ -155,7 +220,8 @@ def write_report(results, workdir, command=""):
         f.write("λ is chosen per arm and label ratio on mean validation mAP; test figures are "
                 "mean ± 95% t-interval over seeds; the gain is the mean paired difference to "
                 "image-only (same seed: same split, label mask and initial weights) relative to "
-                "image-only's mean, with its 95% CI.\n\n" + table + "\n")
+                "image-only's mean, with its 95% CI and the paired t-test p-value. "
+                f"{_correction_note(rows)}\n\n" + table + "\n")
         swept = sweep(results)
         if swept:
             f.write("\n## Every λ\n\nThe λ of each row above is the one with the best mean "

@@ -60,3 +60,43 @@ def test_mean_ci_of_known_values():
     assert report.mean_ci([0.5, 0.5, 0.5]) == (0.5, 0.0)
     mean, half = report.mean_ci([0.7])
     assert mean == 0.7 and np.isnan(half)
+
+
+def test_holm_of_hand_computed_values():
+    # Sorted 0.01, 0.03, 0.04 times 3, 2, 1 -> 0.03, 0.06, 0.04; made non-decreasing: 0.06.
+    np.testing.assert_allclose(report.holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+    np.testing.assert_allclose(report.holm([0.5, 0.001]), [0.5, 0.002])
+    np.testing.assert_allclose(report.holm([0.9, 0.8]), [1.0, 1.0])  # 2 x 0.8 capped at 1
+    np.testing.assert_allclose(report.holm([0.4, 0.3]), [0.6, 0.6])  # 0.4 < 0.6: monotone
+    adjusted = report.holm([0.02, np.nan, 0.01])  # no test: NaN, and m = 2
+    np.testing.assert_allclose(adjusted[[0, 2]], [0.02, 0.02])
+    assert np.isnan(adjusted[1])
+    assert report.holm([]).shape == (0,)
+
+
+def test_every_comparison_of_the_table_is_holm_corrected_together(tmp_path):
+    results = _results()
+    # A second label ratio whose multitask arm gains nothing: two tests in all.
+    more = results.copy()
+    more["label_ratio"] = 1.0
+    rng = np.random.default_rng(1)
+    noise = rng.normal(0, 0.01, size=len(more))
+    more.loc[more.arm == "multitask", "test_map"] = (
+        more.loc[more.arm == "multitask", "seed"].map(
+            results[results.arm == "image_only"].set_index("seed").test_map)
+        + noise[(more.arm == "multitask").to_numpy()])
+    results = pd.concat([results, more], ignore_index=True)
+    rows = [r for r in report.summarise(results) if r["arm"] == "multitask"]
+    p_values = [r["p_value"] for r in rows]
+    np.testing.assert_allclose([r["p_holm"] for r in rows], report.holm(p_values))
+    gaining = [r for r in rows if r["label_ratio"] == 0.1][0]
+    assert gaining["p_holm"] == pytest.approx(min(1.0, 2 * min(p_values)))
+    assert gaining["significant"]
+    assert not [r for r in rows if r["label_ratio"] == 1.0][0]["significant"]
+    assert report.corrected_tests(report.summarise(results)) == 2
+    table = report.write_report(results, str(tmp_path))
+    assert "p (Holm, 2 tests)" in table
+    line = [t for t in table.splitlines() if t.startswith("| 0.1 | multitask |")][0]
+    assert line.endswith(f"| {gaining['p_holm']:.2g} | yes |")
+    text = (tmp_path / "results.md").read_text()
+    assert "all 2 comparisons with image-only in this table are Holm-corrected" in text

@@ -3,9 +3,12 @@ cells run as child processes a few at a time."""
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
+from cfimage.errors import UserError
 from cfimage.experiments import runner
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -59,3 +62,46 @@ def test_cells_run_in_parallel_report_failures_and_finished_cells_are_skipped(tm
     assert results.to_dict("records") == [{
         "arm": "image_only", "label_ratio": 1.0, "cf_weight": 0.0, "seed": 0, "val_map": 0.5,
         "test_map": 0.4, "test_precision_at_1": 0.3, "best_epoch": 2, "seconds": 1.0}]
+
+
+def test_seeds_take_ranges_and_lists():
+    assert runner.parse_seeds(["0-29"]) == list(range(30))
+    assert runner.parse_seeds(["0-4", "10", "12-13"]) == [0, 1, 2, 3, 4, 10, 12, 13]
+    assert runner.parse_seeds(["7"]) == [7] and runner.parse_seeds(["3-3"]) == [3]
+
+
+@pytest.mark.parametrize("seeds, message", [
+    (["5-2"], "--seeds: '5-2' is a reversed range; write it from the lower to the higher "
+              "seed, e.g. 2-5"),
+    (["a"], "--seeds: 'a' is not a seed or a range of seeds"),
+    (["0-"], "--seeds: '0-' is not a seed"),
+    (["-1"], "--seeds: '-1' is not a seed"),
+    (["0-4", "3"], "--seeds: seed 3 is given more than once"),
+    ([], "--seeds: give at least one seed"),
+])
+def test_bad_seeds_are_one_line_user_errors(seeds, message):
+    with pytest.raises(UserError) as error:
+        runner.parse_seeds(seeds)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_batches_spread_the_cells_over_the_parallel_workers():
+    cells = list(range(10))
+    assert runner._batches(cells, parallel=2, cells_per_process=8) == [cells[:5], cells[5:]]
+    assert runner._batches(cells, parallel=1, cells_per_process=4) == [
+        cells[:4], cells[4:8], cells[8:]]
+    assert runner._batches(cells, parallel=3, cells_per_process=1) == [[c] for c in cells]
+    assert runner._batches([], parallel=2, cells_per_process=8) == []
+
+
+@pytest.mark.slow
+def test_the_experiment_stops_on_bad_seeds_with_one_line_before_any_work(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    result = subprocess.run([sys.executable, "-m", "cfimage.experiment", "--seeds=0-4,5-2",
+                             f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "cfimage: error: --seeds: '5-2' is a reversed range; write it from the "
+        "lower to the higher seed, e.g. 2-5")
+    assert not (tmp_path / "run").exists()
