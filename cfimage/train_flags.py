@@ -189,7 +189,10 @@ def define_flags(flag_values=flags.FLAGS):
                         "must be in (0, 1]: the share of training items that keep their labels"),
         "cf_weight": (lambda value: value >= 0, "λ must be >= 0 (0 = the image-only baseline)"),
         "image_size": (lambda text: config_lib.parse_image_size(text) is not None,
-                       f"use N or HxW with sides >= {config_lib.MIN_IMAGE_SIDE}, e.g. 96x64"),
+                       f"use N or HxW with sides >= {config_lib.MIN_IMAGE_SIDE} and <= "
+                       f"{config_lib.MAX_IMAGE_SIDE}, e.g. 96x64 (sides above "
+                       f"{config_lib.MAX_IMAGE_SIDE} px are refused: one image would be "
+                       "tens of MiB as input and GiBs in activations)"),
         "max_loss": (lambda value: value >= 0, "must be >= 0 (0 = stop only on NaN/inf)"),
         "cache_limit_gb": (lambda value: value >= 0, "must be >= 0 (0 = half the memory)"),
         "cf_target_scale": (lambda value: value > 0, "--cf_target_scale must be > 0."),
@@ -203,6 +206,42 @@ def define_flags(flag_values=flags.FLAGS):
     flags.register_multi_flags_validator(
         ["epochs", "batch_size"], lambda values: min(values.values()) >= 1,
         message="--epochs and --batch_size must be >= 1.", flag_values=flag_values)
+    _register_allocation_bounds(flag_values)
+
+
+def _register_allocation_bounds(flag_values):
+    """Upper bounds on the flags that size an allocation, so that a typo (--image_size=10000,
+    --batch_size=100000, --cf_dim=1000000) stops the parse instead of allocating GiBs."""
+    memory_gb = config_lib.physical_memory_bytes() / 1e9
+    bounds = {
+        "cf_dim": (lambda value: value <= 1024, "must be <= 1024: the user and item tables "
+                   "hold users x dim and items x dim floats (typical: 32-256)"),
+        "cf_shuffle_buffer": (lambda value: 1 <= value <= 100_000_000, "must be in [1, 10^8] "
+                              "rows: the buffer holds that many rows in memory"),
+        "cf_recall_k": (lambda value: value <= 10_000, "must be <= 10000: recall@k ranks the "
+                        "top k items of every evaluated user"),
+        "demo_items": (lambda value: 1 <= value <= 1_000_000, "must be in [1, 10^6]: the demo "
+                       "catalogue writes one image per item"),
+        "demo_users": (lambda value: 1 <= value <= 1_000_000, "must be in [1, 10^6]"),
+        "threads": (lambda value: value <= 1024, "must be <= 1024"),
+        "cache_limit_gb": (lambda value: value <= memory_gb,
+                           f"must be <= this machine's memory ({memory_gb:.1f} GB): the decoded "
+                           "images are cached in memory up to this size"),
+    }
+    for name, (check, message) in bounds.items():
+        flags.register_validator(name, check, message=message, flag_values=flag_values)
+
+    def batch_fits(values):
+        size = config_lib.parse_image_size(values["image_size"]) or (1, 1)
+        batch = values["batch_size"]
+        return batch <= config_lib.MAX_BATCH_SIZE and (
+            batch * size[0] * size[1] <= config_lib.MAX_BATCH_PIXELS)
+
+    flags.register_multi_flags_validator(
+        ["batch_size", "image_size"], batch_fits, flag_values=flag_values,
+        message=f"--batch_size must be <= {config_lib.MAX_BATCH_SIZE:,} and batch x height x "
+                f"width <= {config_lib.MAX_BATCH_PIXELS:,} pixels (1.5 GiB of float32 input per "
+                "replica, activations tens of times more); lower --batch_size or --image_size")
 
 
 def log(message):

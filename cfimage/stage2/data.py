@@ -25,13 +25,15 @@ AUTOTUNE = tf.data.AUTOTUNE
 MAX_IMAGE_PIXELS = 178_956_970
 
 
-def decode_and_resize(image_bytes, image_size):
-    """Encoded JPEG/PNG/GIF/BMP bytes -> (H, W, 3) uint8, resized (aspect not kept).
+def decode_and_resize(image_bytes, image_size, max_pixels=MAX_IMAGE_PIXELS):
+    """Encoded JPEG/PNG/GIF/BMP/WebP bytes -> (H, W, 3) uint8, resized (aspect not kept).
 
-    Greyscale is expanded to RGB and alpha dropped (channels=3); animated GIFs
-    give their first frame.
+    An image whose header claims more than `max_pixels` pixels fails with InvalidArgument
+    before it is decoded (`check_header_pixels`). Greyscale is expanded to RGB and alpha
+    dropped (channels=3); animated GIFs give their first frame.
     """
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    with tf.control_dependencies([check_header_pixels(image_bytes, max_pixels)]):
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
@@ -64,25 +66,79 @@ def _pillow_without_pixel_limit():
             Image.MAX_IMAGE_PIXELS = previous
 
 
-def header_pixels(image_bytes):
-    """Graph version of image_dimensions for one scalar string: height x width claimed by a
-    PNG, GIF or JPEG header (int64), 0 for other formats. Stock TF ops only, so the serving
-    signatures can refuse a decompression bomb before decoding it."""
-    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(image_bytes, 0, 24), tf.uint8), tf.int64)
-    raw = tf.pad(raw, [[0, 24 - tf.shape(raw)[0]]])  # short strings: zeros, never out of range
+_HEADER_BYTES = 32  # every size field read below lies in the first 32 bytes
 
-    def big_endian(start):
-        return raw[start] * 2**24 + raw[start + 1] * 2**16 + raw[start + 2] * 2**8 + raw[start + 3]
 
-    head = tf.strings.substr(image_bytes, 0, 8)
-    png = tf.equal(head, b"\x89PNG\r\n\x1a\n")
-    gif = tf.strings.regex_full_match(tf.strings.substr(image_bytes, 0, 6), "GIF8[79]a")
+def header_size(image_bytes):
+    """(height, width) that the header of one encoded image claims, as int64 [2], read with
+    stock TF ops without decoding the pixels; (0, 0) for a format it does not know (the
+    decoder then refuses it). Covers every format tf.io.decode_image reads: PNG, GIF, BMP,
+    WebP (VP8, VP8L and VP8X) and JPEG (tf.io.extract_jpeg_shape reads only the markers).
+    The same function checks images in training, TFRecord writing and serving."""
+    # Padded with zeros, so that a short input reads as zeros, never out of range.
+    padded = tf.strings.join([image_bytes, tf.constant(b"\x00" * _HEADER_BYTES)])
+    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, _HEADER_BYTES), tf.uint8),
+                  tf.int64)
+
+    def little(start, length):
+        return sum(raw[start + k] * 256**k for k in range(length))
+
+    def big(start, length):
+        return sum(raw[start + k] * 256**(length - 1 - k) for k in range(length))
+
+    def size(height, width):
+        return lambda: tf.stack([height(), width()])
+
+    def bmp_side(start):  # signed 32-bit, as the decoder reads it (negative: rows top-down)
+        side = little(start, 4)
+        return tf.where(side >= 2**31, 2**32 - side, side)
+
+    def prefix(text, start=0):
+        return tf.equal(tf.strings.substr(padded, start, len(text)), text)
+
+    webp = prefix(b"RIFF") & prefix(b"WEBP", 8)
+    vp8l = little(21, 4)
     return tf.case([
-        (png, lambda: big_endian(16) * big_endian(20)),
-        (gif, lambda: (raw[6] + raw[7] * 256) * (raw[8] + raw[9] * 256)),
+        (prefix(b"\x89PNG\r\n\x1a\n"), size(lambda: big(20, 4), lambda: big(16, 4))),
+        (prefix(b"GIF8"), size(lambda: little(8, 2), lambda: little(6, 2))),
+        (prefix(b"BM"), size(lambda: bmp_side(22), lambda: bmp_side(18))),
+        (webp & prefix(b"VP8 ", 12),
+         size(lambda: tf.bitwise.bitwise_and(little(28, 2), 0x3FFF),
+              lambda: tf.bitwise.bitwise_and(little(26, 2), 0x3FFF))),
+        (webp & prefix(b"VP8L", 12),
+         size(lambda: tf.bitwise.bitwise_and(tf.bitwise.right_shift(vp8l, 14), 0x3FFF) + 1,
+              lambda: tf.bitwise.bitwise_and(vp8l, 0x3FFF) + 1)),
+        (webp & prefix(b"VP8X", 12), size(lambda: little(27, 3) + 1, lambda: little(24, 3) + 1)),
         (tf.io.is_jpeg(image_bytes),
-         lambda: tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(image_bytes)[:2], tf.int64))),
-    ], default=lambda: tf.constant(0, tf.int64), exclusive=False)
+         lambda: tf.cast(tf.io.extract_jpeg_shape(image_bytes)[:2], tf.int64)),
+    ], default=lambda: tf.zeros([2], tf.int64), exclusive=False)
+
+
+def header_pixels(image_bytes):
+    """height x width that an image header claims (int64; 0 for an unknown format)."""
+    return tf.reduce_prod(header_size(image_bytes))
+
+
+def too_large_message(max_pixels=MAX_IMAGE_PIXELS):
+    return (f"image too large: its header claims more than {max_pixels:,} pixels "
+            "(data.MAX_IMAGE_PIXELS); downscale it")
+
+
+def check_header_pixels(image_bytes, max_pixels=MAX_IMAGE_PIXELS):
+    """An assertion op: InvalidArgument when the header claims more than `max_pixels`."""
+    return tf.debugging.assert_less_equal(
+        header_pixels(image_bytes), tf.constant(max_pixels, tf.int64),
+        message=too_large_message(max_pixels))
+
+
+def error_reason(error):
+    """The reason in a decoding error, without TensorFlow's op, device and tf.data names."""
+    message = getattr(error, "message", None) or str(error)
+    asserted = re.search(r"assertion failed: \[(.*?)\]", message)
+    if asserted:  # check_header_pixels, inside a tf.data map or a graph
+        message = asserted.group(1)
+    message = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]( name:.*)?", "", message)
+    return " ".join(message.split())[:200]
 
 
 def find_unreadable_images(image_paths, log=None, every=2000,
@@ -100,18 +156,17 @@ def find_unreadable_images(image_paths, log=None, every=2000,
             encoded = tf.io.read_file(path)
             if int(tf.strings.length(encoded)) == 0:
                 raise ValueError("empty file (0 bytes)")
-            size = image_dimensions(encoded.numpy())
-            if size and size[0] * size[1] > max_pixels:
+            # The header as the graph reads it (every format), and as Pillow reads it.
+            size = max([tuple(header_size(encoded).numpy().tolist()),
+                        image_dimensions(encoded.numpy()) or (0, 0)], key=np.prod)
+            if size[0] * size[1] > max_pixels:
                 raise ValueError(f"image too large: {size[0]}x{size[1]} pixels, more than "
                                  f"{max_pixels:,} (data.MAX_IMAGE_PIXELS); downscale it")
             image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
             if min(image.shape[:2]) < 1:
                 raise ValueError(f"image has no pixels ({image.shape})")
         except (tf.errors.OpError, ValueError) as error:
-            message = getattr(error, "message", None) or str(error)
-            # Keep TensorFlow's reason, not its op and device names.
-            message = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]( name:.*)?", "", message)
-            bad[index] = " ".join(message.split())[:200]
+            bad[index] = error_reason(error)
         if log and (index + 1) % every == 0:
             log(f"checked {index + 1}/{len(image_paths)} images ({len(bad)} unreadable)")
     return bad

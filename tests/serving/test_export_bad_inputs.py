@@ -1,0 +1,54 @@
+"""Bad requests to the exported SavedModel, loaded in this process with tf.saved_model.load
+(TF Serving runs the same graph; the fresh-process checks are in test_signatures.py): a
+decompression bomb in every format, to every image signature."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cfimage.serving import export
+from tests.stage2.test_data_bad_inputs import BOMB, FORMATS, claim_size, encode
+
+SIZE = (24, 16)
+CF_DIM = 4
+IMAGE_SIGNATURES = ["serving_default", "embed", "similar_items", "audience"]
+
+
+def _tiny_model():
+    """Labels and cf heads on the flattened pixels: every pixel moves the scores, so a
+    rotated image scores differently."""
+    import keras
+    keras.utils.set_random_seed(0)
+    pixels = keras.Input((*SIZE, 3))
+    features = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255.0)(pixels))
+    return keras.Model(pixels, {
+        "labels": keras.layers.Dense(3, activation="sigmoid", name="labels")(features),
+        "cf": keras.layers.Dense(CF_DIM, name="cf")(features)})
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    model = _tiny_model()
+    rng = np.random.default_rng(0)
+    path = export.export_saved_model(
+        model, ["a", "b", "c"], SIZE, str(tmp_path_factory.mktemp("export")), "tiny",
+        cf_scaling={"mean": [0.0] * CF_DIM, "scale": 1.0},
+        item_ids=["sku-0", "sku-1"], item_vectors=rng.normal(size=(2, CF_DIM)),
+        user_ids=["u0", "u1"], user_vectors=rng.normal(size=(2, CF_DIM)), log=lambda m: None)
+    return model, tf.saved_model.load(path).signatures
+
+
+def _pixels(height, width, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), np.uint8)
+
+
+@pytest.mark.parametrize("kind", FORMATS)
+def test_a_bomb_header_is_refused_by_every_image_signature(served, kind):
+    _, signatures = served
+    fine = encode(kind, _pixels(30, 20))
+    bomb = claim_size(kind, fine, *BOMB[kind])
+    for name in IMAGE_SIGNATURES:
+        with pytest.raises(tf.errors.InvalidArgumentError, match="image too large: its header "
+                           "claims more than 178,956,970 pixels"):
+            signatures[name](images=tf.constant([fine, bomb]))
+        assert all(v.shape[0] == 1 for v in signatures[name](images=tf.constant([fine])).values())
