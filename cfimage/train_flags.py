@@ -63,6 +63,10 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_enum("unknown_interaction_items", "fail", ["fail", "keep", "drop"], "Interactions "
                       "on items not in the items file: fail, keep them for stage 1 only, or drop "
                       "them.", flag_values=flag_values)
+    flags.DEFINE_boolean("allow_outside_paths", False, "Accept image paths that resolve (after "
+                         "symlinks) outside the catalogue directory: absolute paths, '..', links "
+                         "out. Off: such a path stops the run with its line.",
+                         flag_values=flag_values)
 
     # --- Stage 1: collaborative item embeddings ----------------------------------
     flags.DEFINE_string("cf_embeddings", None, "Skip stage 1 and use these item vectors (.npz "

@@ -14,8 +14,10 @@ line and the value, and says what would be valid.
 
 import csv
 import dataclasses
+import errno
 import os
 import re
+import stat
 
 import numpy as np
 import pandas as pd
@@ -51,6 +53,9 @@ class CatalogueSpec:
     # Interactions whose item is not in items.csv: fail (default), keep them
     # for stage 1 only (they still train the user and item towers), or drop.
     unknown_interaction_items: str = "fail"
+    # Image paths that resolve (after symlinks) outside the catalogue directory are refused
+    # unless this is set (--allow_outside_paths): a catalogue must not read arbitrary files.
+    allow_outside_paths: bool = False
 
 
 @dataclasses.dataclass
@@ -225,13 +230,7 @@ def load_items(root, spec):
 
     images = frame[spec.image_column].str.strip()
     paths = np.array([os.path.abspath(os.path.join(root, p)) for p in images])
-    missing = [i for i, p in enumerate(paths) if not images.iloc[i] or not os.path.isfile(p)]
-    if missing:
-        first = missing[0]
-        raise CatalogueError(
-            f"{path}, line {lines[first]}: image file {images.iloc[first]!r} not found "
-            f"(looked for {paths[first]}); {len(missing)} item(s) in all have no image. "
-            "Image paths are relative to the catalogue directory.")
+    _check_image_paths(images, paths, root, spec, path, lines)
 
     parsed, label_names, dropped = _parse_labels(frame[spec.labels_column], spec, path)
     notes = []
@@ -247,6 +246,54 @@ def load_items(root, spec):
             if name in column:
                 multi_hot[row, column[name]] = 1.0
     return ids.to_numpy().astype(str), paths, label_names, multi_hot, notes
+
+
+def image_file_problem(path):
+    """What keeps `path` from being read as an image file ("not found", "a directory", "a
+    FIFO (named pipe)", "a symlink loop", ...), or None for a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "not found"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symlink loop (a link that leads back to itself)"
+        return f"unreadable ({error.strerror})"
+    for test, what in [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")]:
+        if test(mode):
+            return what
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _check_image_paths(images, paths, root, spec, path, lines):
+    """Every image path names a regular file inside the catalogue directory (after symlinks),
+    or CatalogueError naming the line, the path and what it is."""
+    problems = [(i, "empty" if not text else image_file_problem(p))
+                for i, (text, p) in enumerate(zip(images, paths))]
+    problems = [(i, what) for i, what in problems if what]
+    if problems:
+        first, what = problems[0]
+        shown = (f"not found (looked for {paths[first]})" if what == "not found"
+                 else f"is {what} ({paths[first]}), not an image file" if what != "empty"
+                 else "is empty")
+        raise CatalogueError(
+            f"{path}, line {lines[first]}: image file {images.iloc[first]!r} {shown}; "
+            f"{len(problems)} item(s) in all have no image. Image paths are relative to the "
+            "catalogue directory.")
+    if spec.allow_outside_paths:
+        return
+    inside = os.path.join(os.path.realpath(root), "")
+    outside = [i for i, p in enumerate(paths) if not os.path.realpath(p).startswith(inside)]
+    if outside:
+        first = outside[0]
+        raise CatalogueError(
+            f"{path}, line {lines[first]}: image path {images.iloc[first]!r} resolves to "
+            f"{os.path.realpath(paths[first])}, outside the catalogue directory "
+            f"{os.path.realpath(root)} ({len(outside)} such path(s) in all). Image paths must "
+            "stay inside the catalogue (an absolute path, '..' or a symlink can leave it): "
+            "move the images in, or pass --allow_outside_paths if you trust this catalogue.")
 
 
 def parse_weights(raw, column, path, lines, scope, unit="line"):
