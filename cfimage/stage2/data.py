@@ -29,14 +29,97 @@ def decode_and_resize(image_bytes, image_size, max_pixels=MAX_IMAGE_PIXELS):
     """Encoded JPEG/PNG/GIF/BMP/WebP bytes -> (H, W, 3) uint8, resized (aspect not kept).
 
     An image whose header claims more than `max_pixels` pixels fails with InvalidArgument
-    before it is decoded (`check_header_pixels`). Greyscale is expanded to RGB and alpha
-    dropped (channels=3); animated GIFs give their first frame.
+    before it is decoded (`check_header_pixels`). A JPEG is turned upright as its EXIF
+    orientation tag says (`exif_orientation`), as a photo viewer shows it. Greyscale is
+    expanded to RGB and alpha dropped (channels=3); animated GIFs give their first frame.
     """
     with tf.control_dependencies([check_header_pixels(image_bytes, max_pixels)]):
         image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
+    image = apply_orientation(image, exif_orientation(image_bytes))
     image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+_EXIF_WINDOW = 1 << 17  # the APP1 (Exif) segment is searched for in the first 128 KiB
+_EXIF_MAX_SEGMENTS = 32
+_EXIF_MAX_ENTRIES = 64  # entries of IFD0 looked at (cameras write about 10-20)
+
+
+def exif_orientation(image_bytes):
+    """The EXIF orientation tag (0x0112) of one encoded JPEG, as int32 1-8; 1 (upright) for
+    other formats, a JPEG without the tag, or a value out of range. Stock TF ops only (the
+    serving graph reads it too): walks the JPEG markers to the APP1 "Exif" segment, then the
+    TIFF header (either byte order) and IFD0's entries."""
+    window = tf.strings.join([tf.strings.substr(image_bytes, 0, _EXIF_WINDOW),
+                              tf.constant(b"\x00" * _EXIF_WINDOW)])
+    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(window, 0, _EXIF_WINDOW), tf.uint8),
+                  tf.int32)
+
+    def at(offset):  # byte(s) at offset(s), zero past the window
+        offset = tf.convert_to_tensor(offset)
+        inside = (offset >= 0) & (offset < _EXIF_WINDOW)
+        return tf.where(inside, tf.gather(raw, tf.clip_by_value(offset, 0, _EXIF_WINDOW - 1)),
+                        0)
+
+    def big16(offset):
+        return at(offset) * 256 + at(offset + 1)
+
+    # 1. The markers after SOI (FF D8): FF xx, then a big-endian length that counts itself.
+    def more(position, tiff, step):
+        return (step < _EXIF_MAX_SEGMENTS) & (tiff < 0) & tf.equal(at(position), 0xFF) & (
+            position + 4 < _EXIF_WINDOW)
+
+    def segment(position, tiff, step):
+        marker = at(position + 1)
+        exif = tf.equal(marker, 0xE1) & tf.reduce_all(
+            tf.equal(at(position + 4 + tf.range(6)), tf.constant(list(b"Exif\x00\x00"))))
+        end = tf.equal(marker, 0xDA) | tf.equal(marker, 0xD9)  # start of scan, end of image
+        tiff = tf.where(exif, position + 10, tiff)
+        step = tf.where(end, _EXIF_MAX_SEGMENTS, step + 1)
+        fill = tf.equal(marker, 0xFF)  # fill bytes before a marker
+        position = tf.where(fill, position + 1, position + 2 + big16(position + 2))
+        return position, tiff, step
+
+    _, tiff, _ = tf.while_loop(more, segment, [tf.constant(2), tf.constant(-1),
+                                               tf.constant(0)])
+
+    # 2. The TIFF header: II (little-endian) or MM (big-endian), 42, offset of IFD0.
+    little = tf.equal(at(tiff), 0x49) & tf.equal(at(tiff + 1), 0x49)
+
+    def unsigned(offset, length):
+        offset = tf.convert_to_tensor(offset)
+        weights = 256 ** tf.range(length)
+        forward = tf.reduce_sum(at(offset[..., None] + tf.range(length)) * weights, -1)
+        backward = tf.reduce_sum(at(offset[..., None] + tf.range(length)) * weights[::-1], -1)
+        return tf.where(little, forward, backward)
+
+    ifd = tiff + unsigned(tiff + 4, 4)
+    entries = ifd + 2 + 12 * tf.range(_EXIF_MAX_ENTRIES)
+    match = (tf.range(_EXIF_MAX_ENTRIES) < unsigned(ifd, 2)) & tf.equal(unsigned(entries, 2),
+                                                                        0x0112)
+    value = tf.reduce_max(tf.where(match, unsigned(entries + 8, 2), 0))
+    found = tf.io.is_jpeg(image_bytes) & (tiff >= 0) & (value >= 1) & (value <= 8)
+    return tf.where(found, value, 1)
+
+
+def apply_orientation(image, orientation):
+    """An (H, W, C) image turned upright for an EXIF `orientation` (1-8): the transform that
+    PIL.ImageOps.exif_transpose applies."""
+    def turned(axes):  # the transpose, then reversed along `axes`
+        return lambda: tf.reverse(tf.transpose(image, [1, 0, 2]), axes)
+
+    branches = [
+        lambda: image,  # 1: upright
+        lambda: tf.reverse(image, [1]),  # 2: mirrored
+        lambda: tf.reverse(image, [0, 1]),  # 3: upside down
+        lambda: tf.reverse(image, [0]),  # 4: mirrored upside down
+        turned([]),  # 5: mirrored and turned
+        turned([1]),  # 6: turned a quarter clockwise to show (a phone held upright)
+        turned([0, 1]),  # 7: mirrored and turned the other way
+        turned([0]),  # 8: turned a quarter anticlockwise to show
+    ]
+    return tf.switch_case(tf.clip_by_value(orientation, 1, 8) - 1, branches)
 
 
 def image_dimensions(encoded):

@@ -52,3 +52,17 @@ def test_a_bomb_header_is_refused_by_every_image_signature(served, kind):
                            "claims more than 178,956,970 pixels"):
             signatures[name](images=tf.constant([fine, bomb]))
         assert all(v.shape[0] == 1 for v in signatures[name](images=tf.constant([fine])).values())
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_a_tagged_phone_jpeg_is_served_upright(served, orientation):
+    from tests.stage2.test_data_bad_inputs import tagged_jpeg, upright_scene
+    _, signatures = served
+    scene = upright_scene(*SIZE)
+    tagged = signatures["serving_default"](images=tf.constant([tagged_jpeg(orientation, scene)]))
+    upright = signatures["predict_pixels"](pixels=tf.constant(scene[None], tf.float32))
+    np.testing.assert_allclose(tagged["scores"].numpy(), upright["scores"].numpy(), atol=0.03)
+    # Served as stored, the same image scores differently: the test can tell.
+    stored = tf.io.decode_jpeg(tagged_jpeg(orientation, scene)).numpy()[None]
+    as_stored = signatures["predict_pixels"](pixels=tf.constant(stored, tf.float32))
+    assert np.abs(as_stored["scores"].numpy() - upright["scores"].numpy()).max() > 0.05
