@@ -82,6 +82,13 @@ def remove_stale_temporaries(model_dir, log=print):
     return removed
 
 
+def _not_empty(batch, name):
+    """InvalidArgument for a request with no examples, which would otherwise fail deep in the
+    graph with "Incompatible shapes"."""
+    return tf.debugging.assert_positive(
+        tf.shape(batch)[0], message=f"empty batch: the request has no {name}; send at least one")
+
+
 def _check_table(kind, ids, vectors, dim):
     """Ids and vectors of one CF table as (str array, float32 array), or ValueError."""
     if (ids is None) != (vectors is None):
@@ -213,8 +220,9 @@ def export_saved_model(model, label_names, image_size, export_base, model_name, 
         # A header (PNG, GIF, BMP, WebP, JPEG) claiming more than data.MAX_IMAGE_PIXELS
         # fails with InvalidArgument before anything is decoded (a small file can claim a
         # huge image): decode_and_resize checks it, as in training.
-        pixels = tf.map_fn(lambda b: data.decode_and_resize(b, image_size), images,
-                           fn_output_signature=tf.TensorSpec((*image_size, 3), tf.uint8))
+        with tf.control_dependencies([_not_empty(images, "images")]):
+            pixels = tf.map_fn(lambda b: data.decode_and_resize(b, image_size), images,
+                               fn_output_signature=tf.TensorSpec((*image_size, 3), tf.uint8))
         return predict(tf.cast(pixels, tf.float32))
 
     def with_label_names(scores):
@@ -233,6 +241,10 @@ def export_saved_model(model, label_names, image_size, export_base, model_name, 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32,
                                                 name="pixels")])
     def predict_pixels(pixels):
+        with tf.control_dependencies([_not_empty(pixels, "pixels")]):
+            # NaN or inf would give NaN scores: InvalidArgument instead.
+            pixels = tf.debugging.check_numerics(
+                pixels, "pixels must be finite RGB values (0-255), not NaN or inf")
         return with_label_names(predict(_resize_pixels(pixels, image_size))["labels"])
 
     @tf.function(input_signature=[images_spec])

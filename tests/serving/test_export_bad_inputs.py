@@ -66,3 +66,32 @@ def test_a_tagged_phone_jpeg_is_served_upright(served, orientation):
     stored = tf.io.decode_jpeg(tagged_jpeg(orientation, scene)).numpy()[None]
     as_stored = signatures["predict_pixels"](pixels=tf.constant(stored, tf.float32))
     assert np.abs(as_stored["scores"].numpy() - upright["scores"].numpy()).max() > 0.05
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_pixels_are_refused(served, value):
+    _, signatures = served
+    pixels = np.full((2, *SIZE, 3), 100.0, np.float32)
+    pixels[1, 3, 4, 1] = value
+    with pytest.raises(tf.errors.InvalidArgumentError, match="pixels must be finite RGB values "
+                       r"\(0-255\), not NaN or inf"):
+        signatures["predict_pixels"](pixels=tf.constant(pixels))
+    # Any size: the check comes before the resize.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must be finite"):
+        signatures["predict_pixels"](pixels=tf.constant(pixels[:, :7, :9]))
+    scores = signatures["predict_pixels"](pixels=tf.constant(pixels[:1]))["scores"].numpy()
+    assert np.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("name", IMAGE_SIGNATURES + ["predict_pixels"])
+def test_an_empty_batch_is_refused_with_a_message_about_it(served, name):
+    _, signatures = served
+    if name == "predict_pixels":
+        request = {"pixels": tf.zeros([0, *SIZE, 3])}
+    else:
+        request = {"images": tf.constant([], tf.string)}
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        signatures[name](**request)
+    message = error.value.message
+    assert "empty batch: the request has no" in message and "send at least one" in message
+    assert "Incompatible shapes" not in message
