@@ -25,6 +25,7 @@ from cfimage.serving import run_export
 from cfimage.stage1 import pipeline
 from cfimage.stage2 import evaluation, inputs, trainer
 from cfimage.stage2 import runtime as runtime_lib
+from cfimage import train_flags
 from cfimage.train_flags import FLAGS, define_flags, log
 
 define_flags()
@@ -119,7 +120,7 @@ def main_reporting_user_errors(argv):
 
 
 def run():
-    app.run(main_reporting_user_errors)
+    app.run(main_reporting_user_errors, flags_parser=train_flags.parse_flags)
 
 
 if __name__ == "__main__":

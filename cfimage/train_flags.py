@@ -7,10 +7,14 @@ builds the run config from the flags and checks the rest.
 """
 
 import dataclasses
+import os
+import sys
 
-from absl import flags
+from absl import app, flags
 
 from cfimage import config as config_lib
+from cfimage.catalogue import reader
+from cfimage.errors import UserError
 from cfimage.stage1.scan import StreamConfig
 from cfimage.stage1.two_tower import TwoTowerConfig
 from cfimage.stage2 import arms
@@ -246,6 +250,40 @@ def _register_allocation_bounds(flag_values):
         message=f"--batch_size must be <= {config_lib.MAX_BATCH_SIZE:,} and batch x height x "
                 f"width <= {config_lib.MAX_BATCH_PIXELS:,} pixels (1.5 GiB of float32 input per "
                 "replica, activations tens of times more); lower --batch_size or --image_size")
+
+
+def check_flagfiles(argv):
+    """Every --flagfile in `argv` (and in the flagfiles it names) decodes as UTF-8 text, or
+    UserError naming the file and line. absl reads them itself, and a file in another
+    encoding stops it with a bare UnicodeDecodeError that does not say which file."""
+    pending, seen = list(argv[1:]), set()
+    while pending:
+        argument = pending.pop(0)
+        if not argument.startswith(("--flagfile=", "-flagfile=")):
+            continue
+        path = argument.split("=", 1)[1]
+        if path in seen or not os.path.isfile(path):
+            continue  # absl reports a missing flagfile itself, naming it
+        seen.add(path)
+        try:
+            with open(path, "rb") as f:
+                lines = list(reader.text_lines(path, f))
+        except reader.CatalogueError as error:
+            message = str(error).replace("text CSV file", "text file")
+            raise UserError(f"flagfile {message.replace('UTF-8 CSV', 'UTF-8 text')}") from None
+        except OSError as error:
+            raise UserError(f"flagfile {path}: cannot read it ({error.strerror})") from None
+        pending.extend(line.strip() for line in lines)
+
+
+def parse_flags(argv):
+    """absl's flag parsing (app.run's flags_parser) after check_flagfiles: a flagfile in
+    another encoding is one line on stderr and exit status 1, like any UserError."""
+    try:
+        check_flagfiles(argv)
+    except UserError as error:
+        sys.exit(f"cfimage: error: {error}")
+    return app.parse_flags_with_usage(argv)
 
 
 def log(message):

@@ -94,12 +94,20 @@ def read_csv_chunks(path, what, chunk_rows=None, stream=None):
     opening `path` (stage 1 reads gs:// files through tf.io.gfile).
     """
     if stream is None:
-        if not os.path.isfile(path):
+        problem = image_file_problem(path)
+        if problem == "not found":
             raise CatalogueError(f"{what} file not found: {path}")
-        with open(path, "rb") as f:
+        if problem:
+            raise CatalogueError(f"{what} file {path} is {problem}, not a CSV file.")
+        try:
+            f = open(path, "rb")
+        except OSError as error:
+            raise CatalogueError(f"{path}: cannot read the {what} file ({error.strerror}).") \
+                from None
+        with f:
             yield from read_csv_chunks(path, what, chunk_rows, f)
         return
-    reader = csv.reader(_text_lines(path, stream), strict=True)
+    reader = csv.reader(text_lines(path, stream), strict=True)
     rows, lines, start = [], [], 1
     try:
         header = next(reader, None)
@@ -137,11 +145,17 @@ def read_csv_chunks(path, what, chunk_rows=None, stream=None):
         yield _frame(header, rows), np.asarray(lines, np.int64)
 
 
-def _text_lines(path, stream):
+def text_lines(path, stream):
     """The decoded lines of a binary file, split as io.StringIO(newline="") splits them
-    (at \\n, \\r\\n and a lone \\r), for csv.reader."""
+    (at \\n, \\r\\n and a lone \\r), for csv.reader. A UTF-8 byte-order mark is dropped; a
+    byte that is not UTF-8 or a NUL raises CatalogueError naming `path` and the line. The
+    one decoder of every CSV file cfimage reads (catalogue, streamed log, CF vectors)."""
     offset = 0
     for number, raw in enumerate(stream, start=1):
+        if number == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            raise CatalogueError(
+                f"{path}, line 1: a UTF-16 byte-order mark ({raw[:2].hex(' ').upper()}); this "
+                "file is UTF-16 text. Save it as UTF-8.")
         try:
             text = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM is allowed
         except UnicodeDecodeError as error:
@@ -249,7 +263,7 @@ def load_items(root, spec):
 
 
 def image_file_problem(path):
-    """What keeps `path` from being read as an image file ("not found", "a directory", "a
+    """What keeps `path` from being read as a file ("not found", "a directory", "a
     FIFO (named pipe)", "a symlink loop", ...), or None for a regular file."""
     try:
         mode = os.stat(path).st_mode
