@@ -23,7 +23,7 @@ from cfimage.catalogue import demo, images, reader
 from cfimage.errors import UserError
 from cfimage.serving import run_export
 from cfimage.stage1 import pipeline
-from cfimage.stage2 import evaluation, inputs, trainer
+from cfimage.stage2 import data, evaluation, inputs, trainer
 from cfimage.stage2 import runtime as runtime_lib
 from cfimage import train_flags
 from cfimage.train_flags import FLAGS, define_flags, log
@@ -64,6 +64,9 @@ def main(argv):
     log(reader.describe(catalogue))
     for note in catalogue.notes:
         log(note)
+    if not config.output.stage1_only:  # one class or too few items: refused before stage 1
+        data.check_trainable(catalogue.labels, catalogue.labelled, catalogue.label_names,
+                             stage2_config.split, os.path.join(root, spec.items_file))
 
     # --- Stage 1: collaborative item embeddings ----------------------------------
     stage1 = pipeline.run_stage1(

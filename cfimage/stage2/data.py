@@ -18,6 +18,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from cfimage.errors import UserError
+
 AUTOTUNE = tf.data.AUTOTUNE
 # Images with more pixels are reported as unreadable before they are decoded: a small
 # file can claim a huge size (a "decompression bomb") and decoding it would allocate
@@ -268,15 +270,64 @@ def split_items(num_items, evaluable, fractions, seed):
     rng = np.random.default_rng(seed)
     candidates = np.flatnonzero(evaluable)
     rng.shuffle(candidates)
-    n_val = max(1, int(round(val_fraction * num_items)))
-    n_test = max(1, int(round(test_fraction * num_items)))
-    if n_val + n_test >= len(candidates):
-        raise ValueError(f"only {len(candidates)} labelled items: too few for a validation "
-                         f"split of {n_val} and a test split of {n_test}")
+    n_val, n_test = _split_sizes(num_items, len(candidates), fractions)
     val = np.sort(candidates[:n_val])
     test = np.sort(candidates[n_val:n_val + n_test])
     train = np.setdiff1d(np.arange(num_items), np.concatenate([val, test]))
     return {"train": train, "validation": val, "test": test}
+
+
+def split_class_notes(labels, labelled, splits, label_names):
+    """Warnings about classes that a split leaves degenerate: no labelled training item has
+    them (the model never sees a positive), or no test item has them (left out of test mAP),
+    or every test item has them (AP 1.0 for any scores, left out too)."""
+    labels = np.asarray(labels) > 0
+    names = np.asarray(label_names, dtype=object)
+    train = splits["train"][np.asarray(labelled)[splits["train"]]]
+    in_train = labels[train].any(axis=0)
+    test = labels[splits["test"]]
+    notes = []
+    for mask, why in [
+            (~in_train, "no labelled training item has them: the model never sees a positive "
+                        "(they are only in validation or test)"),
+            (~test.any(axis=0), "no test item has them: they are left out of test mAP"),
+            (test.all(axis=0) & (len(test) > 0),
+             "every test item has them: AP would be 1.0 for any scores, so they are left out "
+             "of test mAP")]:
+        if mask.any():
+            notes.append(f"warning: {int(mask.sum())} class(es) {why}: "
+                         f"{names[mask][:20].tolist()}")
+    return notes
+
+
+def _split_sizes(num_items, num_labelled, fractions):
+    """Items of the validation and test splits, or ValueError when the labelled items are too
+    few for them and at least one training item."""
+    n_val = max(1, int(round(fractions[1] * num_items)))
+    n_test = max(1, int(round(fractions[2] * num_items)))
+    if n_val + n_test >= num_labelled:
+        raise ValueError(f"only {num_labelled} labelled items: too few for a validation "
+                         f"split of {n_val} and a test split of {n_test}")
+    return n_val, n_test
+
+
+def check_trainable(labels, labelled, label_names, fractions, where):
+    """UserError, before any training, for a catalogue that stage 2 cannot train or evaluate
+    in a meaningful way: fewer than two classes (one class ranks every item first: mAP 1.0
+    whatever the model learns), or too few labelled items for the --split. `where`: the
+    items file, for the message."""
+    if len(label_names) < 2:
+        raise UserError(
+            f"{where}: only {len(label_names)} class(es) {list(label_names)}: a classifier needs "
+            "at least two (with one, every item ranks first and mAP is 1.0 whatever the model "
+            "learns). Add items of other classes, or check --label_separator, --ignore_labels "
+            "and --min_label_count.")
+    try:
+        _split_sizes(len(labels), int(np.sum(labelled)), fractions)
+    except ValueError as error:
+        raise UserError(f"{where}: {len(labels)} item(s), --split="
+                        f"{','.join(str(f) for f in fractions)}: {error}; the catalogue needs "
+                        "more labelled items (checked before stage 1 trains).") from None
 
 
 def mask_labels(labelled, train_indices, label_ratio, seed):
