@@ -81,7 +81,7 @@ class Catalogue:
         return len(self.label_names)
 
 
-def read_csv_chunks(path, what, chunk_rows=None, stream=None):
+def read_csv_chunks(path, what, chunk_rows=None, stream=None, one_row_per_line=False):
     """Reads a CSV file as strings, `chunk_rows` rows at a time (all at once when None);
     yields (frame, file line of each row). The one CSV reader of the catalogue files.
 
@@ -91,7 +91,10 @@ def read_csv_chunks(path, what, chunk_rows=None, stream=None):
     breaks would shift a row count), so every message can name the real line. Lines are
     decoded one at a time, so a file of any size is read in bounded memory and a byte that
     is not UTF-8 is reported with its line. `stream`: an open binary file to read instead of
-    opening `path` (stage 1 reads gs:// files through tf.io.gfile).
+    opening `path` (stage 1 reads gs:// files through tf.io.gfile). `one_row_per_line`: also
+    refuse what a reader of one row per line (streamed stage 1's tf.data decode_csv) would read
+    differently, with the line: a line break inside a quoted value, a quote character inside a
+    value, a carriage return alone as a line break.
     """
     if stream is None:
         problem = image_file_problem(path)
@@ -105,15 +108,17 @@ def read_csv_chunks(path, what, chunk_rows=None, stream=None):
             raise CatalogueError(f"{path}: cannot read the {what} file ({error.strerror}).") \
                 from None
         with f:
-            yield from read_csv_chunks(path, what, chunk_rows, f)
+            yield from read_csv_chunks(path, what, chunk_rows, f, one_row_per_line)
         return
-    reader = csv.reader(text_lines(path, stream), strict=True)
+    reader = csv.reader(text_lines(path, stream, lone_cr=not one_row_per_line), strict=True)
     rows, lines, start = [], [], 1
     try:
         header = next(reader, None)
         if not header or not any(name.strip() for name in header):
             raise CatalogueError(f"{path}: empty file or empty header line; the first line "
                                  "must name the columns.")
+        if one_row_per_line:
+            _check_one_line(path, 1, reader.line_num, header)
         header = [name.strip() for name in header]
         seen = set()
         for name in header:
@@ -125,6 +130,8 @@ def read_csv_chunks(path, what, chunk_rows=None, stream=None):
         start = reader.line_num + 1
         for record in reader:
             if len(record) > 1 or (record and record[0].strip()):  # blank lines are skipped
+                if one_row_per_line:
+                    _check_one_line(path, start, reader.line_num, record)
                 if len(record) != len(header):
                     raise CatalogueError(
                         f"{path}, line {start}: {len(record)} field(s) {record[:6]}, but the "
@@ -145,7 +152,21 @@ def read_csv_chunks(path, what, chunk_rows=None, stream=None):
         yield _frame(header, rows), np.asarray(lines, np.int64)
 
 
-def text_lines(path, stream):
+def _check_one_line(path, start, end, record):
+    """CatalogueError for a row that a one-row-per-line reader would split or parse otherwise."""
+    advice = ("streamed stage 1 reads one row per line (tf.data) and cannot read it. Remove it, "
+              "or pass --stream_interactions=false to read the log in memory.")
+    if end > start:
+        broken = next(value for value in record if "\n" in value or "\r" in value)
+        raise CatalogueError(f"{path}, line {start}: a line break inside a quoted value "
+                             f"{broken!r}; {advice}")
+    quoted = [value for value in record if '"' in value]
+    if quoted:
+        raise CatalogueError(f"{path}, line {start}: a quote character inside the value "
+                             f"{quoted[0]!r}; {advice}")
+
+
+def text_lines(path, stream, lone_cr=True):
     """The decoded lines of a binary file, split as io.StringIO(newline="") splits them
     (at \\n, \\r\\n and a lone \\r), for csv.reader. A UTF-8 byte-order mark is dropped; a
     byte that is not UTF-8 or a NUL raises CatalogueError naming `path` and the line. The
@@ -170,6 +191,12 @@ def text_lines(path, stream):
                 "file (UTF-16 or binary?). Save it as UTF-8 CSV.")
         offset += len(raw)
         if "\r" in (text[:-2] if text.endswith("\r\n") else text[:-1]):
+            if not lone_cr:
+                raise CatalogueError(
+                    f"{path}, line {number}: a carriage return (\\r) alone as a line break "
+                    "(old Mac line ends, or inside a value); streamed stage 1 reads lines "
+                    "ending in \\n. Save the file with \\n or \\r\\n line ends, or pass "
+                    "--stream_interactions=false to read the log in memory.")
             yield from _LONE_CR.split(text)
         else:
             yield text
