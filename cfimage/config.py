@@ -25,6 +25,14 @@ from cfimage.stage1.two_tower import TwoTowerConfig
 from cfimage.stage2 import arms
 
 MIN_IMAGE_SIDE = 32  # EfficientNet's five stride-2 stages leave a 1x1 map at 32 px
+# Bounds on what sizes an allocation, checked while the flags are parsed (train_flags.py).
+# 1024 px is twice the largest EfficientNet's native size (B7: 600, V2-L: 480): one 1024x1024
+# image is 12 MiB as float32 input and ~100x that in activations.
+MAX_IMAGE_SIDE = 1024
+# Per-replica batch x height x width: 2**27 pixels are 1.5 GiB of float32 input alone (e.g.
+# 128 images at 1024x1024, 2,674 at 224x224); the activations need tens of times more.
+MAX_BATCH_PIXELS = 2**27
+MAX_BATCH_SIZE = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,14 +120,15 @@ class RunConfig:
 
 
 def parse_image_size(text):
-    """'N' or 'HxW' -> (height, width), or None when it is not one with sides >= 32."""
+    """'N' or 'HxW' -> (height, width), or None when it is not one with sides from 32 to
+    1024 (MIN_IMAGE_SIDE, MAX_IMAGE_SIDE)."""
     try:
         parts = [int(p) for p in str(text).lower().split("x")]
     except ValueError:
         return None
     if len(parts) == 1:
         parts = parts * 2
-    if len(parts) != 2 or min(parts) < MIN_IMAGE_SIDE:
+    if len(parts) != 2 or min(parts) < MIN_IMAGE_SIDE or max(parts) > MAX_IMAGE_SIDE:
         return None
     return tuple(parts)
 
@@ -131,6 +140,11 @@ def parse_unfreeze(text):
         return text
     kind, _, count = text.partition(":")
     return text if kind == "top_blocks" and count.isdigit() and int(count) >= 1 else None
+
+
+def physical_memory_bytes():
+    """This machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def parse_split(values):
@@ -194,7 +208,8 @@ def from_flags(flags):
                 weight_column=flags.weight_column, timestamp_column=flags.timestamp_column,
                 min_label_count=flags.min_label_count,
                 ignore_labels=tuple(flags.ignore_labels),
-                unknown_interaction_items=flags.unknown_interaction_items),
+                unknown_interaction_items=flags.unknown_interaction_items,
+                allow_outside_paths=flags.allow_outside_paths),
             demo_seed=flags.demo_seed, demo_items=flags.demo_items,
             demo_users=flags.demo_users, demo_kind=flags.demo_kind,
             on_bad_image=flags.on_bad_image,

@@ -19,12 +19,13 @@ from absl import app
 
 from cfimage import atomic
 from cfimage import config as config_lib
+from cfimage import train_flags
 from cfimage import workdir as workdir_lib
 from cfimage.catalogue import demo, images, reader
 from cfimage.errors import UserError
 from cfimage.serving import run_export
 from cfimage.stage1 import pipeline
-from cfimage.stage2 import evaluation, hparams, inputs, trainer
+from cfimage.stage2 import data, evaluation, hparams, inputs, trainer
 from cfimage.stage2 import runtime as runtime_lib
 from cfimage.train_flags import FLAGS, define_flags, flagfile_text, log
 
@@ -66,6 +67,9 @@ def main(argv):
     log(reader.describe(catalogue))
     for note in catalogue.notes:
         log(note)
+    if not config.output.stage1_only:  # one class or too few items: refused before stage 1
+        data.check_trainable(catalogue.labels, catalogue.labelled, catalogue.label_names,
+                             stage2_config.split, os.path.join(root, spec.items_file))
 
     # --- Stage 1: collaborative item embeddings ----------------------------------
     stage1 = pipeline.run_stage1(
@@ -101,7 +105,7 @@ def main(argv):
         "stage2": trained.summary, "cf_scaling": stage2_inputs.cf_scaling,
         "train_seconds": round(time.time() - started, 1),
         "num_items": {k: int(len(v)) for k, v in stage2_inputs.splits.items()}})
-    hparams.write(os.path.join(runtime.outdir, "tensorboard"), config, test, best.best)
+    hparams.write(os.path.join(runtime.outdir, "tensorboard"), config, test, trained.best.best)
     if not runtime.chief:
         log(f"done in {time.time() - started:.0f} s (not the chief: the chief exports)")
         return
@@ -126,7 +130,7 @@ def main_reporting_user_errors(argv):
 
 
 def run():
-    app.run(main_reporting_user_errors)
+    app.run(main_reporting_user_errors, flags_parser=train_flags.parse_flags)
 
 
 if __name__ == "__main__":

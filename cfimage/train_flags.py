@@ -7,11 +7,14 @@ builds the run config from the flags and checks the rest.
 """
 
 import dataclasses
+import os
 import sys
 
-from absl import flags
+from absl import app, flags
 
 from cfimage import config as config_lib
+from cfimage.catalogue import reader
+from cfimage.errors import UserError
 from cfimage.stage1.scan import StreamConfig
 from cfimage.stage1.two_tower import TwoTowerConfig
 from cfimage.stage2 import arms
@@ -68,6 +71,10 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_enum("unknown_interaction_items", "fail", ["fail", "keep", "drop"], "Interactions "
                       "on items not in the items file: fail, keep them for stage 1 only, or drop "
                       "them.", flag_values=flag_values)
+    flags.DEFINE_boolean("allow_outside_paths", False, "Accept image paths that resolve (after "
+                         "symlinks) outside the catalogue directory: absolute paths, '..', links "
+                         "out. Off: such a path stops the run with its line.",
+                         flag_values=flag_values)
 
     # --- Stage 1: collaborative item embeddings ----------------------------------
     flags.DEFINE_string("cf_embeddings", None, "Skip stage 1 and use these item vectors (.npz "
@@ -219,7 +226,10 @@ def define_flags(flag_values=flags.FLAGS):
                         "must be in (0, 1]: the share of training items that keep their labels"),
         "cf_weight": (lambda value: value >= 0, "λ must be >= 0 (0 = the image-only baseline)"),
         "image_size": (lambda text: config_lib.parse_image_size(text) is not None,
-                       f"use N or HxW with sides >= {config_lib.MIN_IMAGE_SIDE}, e.g. 96x64"),
+                       f"use N or HxW with sides >= {config_lib.MIN_IMAGE_SIDE} and <= "
+                       f"{config_lib.MAX_IMAGE_SIDE}, e.g. 96x64 (sides above "
+                       f"{config_lib.MAX_IMAGE_SIDE} px are refused: one image would be "
+                       "tens of MiB as input and GiBs in activations)"),
         "max_loss": (lambda value: value >= 0, "must be >= 0 (0 = stop only on NaN/inf)"),
         "cache_limit_gb": (lambda value: value >= 0, "must be >= 0 (0 = half the memory)"),
         "cf_target_scale": (lambda value: value > 0, "--cf_target_scale must be > 0."),
@@ -238,6 +248,76 @@ def define_flags(flag_values=flags.FLAGS):
     flags.register_multi_flags_validator(
         ["epochs", "batch_size"], lambda values: min(values.values()) >= 1,
         message="--epochs and --batch_size must be >= 1.", flag_values=flag_values)
+    _register_allocation_bounds(flag_values)
+
+
+def _register_allocation_bounds(flag_values):
+    """Upper bounds on the flags that size an allocation, so that a typo (--image_size=10000,
+    --batch_size=100000, --cf_dim=1000000) stops the parse instead of allocating GiBs."""
+    memory_gb = config_lib.physical_memory_bytes() / 1e9
+    bounds = {
+        "cf_dim": (lambda value: value <= 1024, "must be <= 1024: the user and item tables "
+                   "hold users x dim and items x dim floats (typical: 32-256)"),
+        "cf_shuffle_buffer": (lambda value: 1 <= value <= 100_000_000, "must be in [1, 10^8] "
+                              "rows: the buffer holds that many rows in memory"),
+        "cf_recall_k": (lambda value: value <= 10_000, "must be <= 10000: recall@k ranks the "
+                        "top k items of every evaluated user"),
+        "demo_items": (lambda value: 1 <= value <= 1_000_000, "must be in [1, 10^6]: the demo "
+                       "catalogue writes one image per item"),
+        "demo_users": (lambda value: 1 <= value <= 1_000_000, "must be in [1, 10^6]"),
+        "threads": (lambda value: value <= 1024, "must be <= 1024"),
+        "cache_limit_gb": (lambda value: value <= memory_gb,
+                           f"must be <= this machine's memory ({memory_gb:.1f} GB): the decoded "
+                           "images are cached in memory up to this size"),
+    }
+    for name, (check, message) in bounds.items():
+        flags.register_validator(name, check, message=message, flag_values=flag_values)
+
+    def batch_fits(values):
+        size = config_lib.parse_image_size(values["image_size"]) or (1, 1)
+        batch = values["batch_size"]
+        return batch <= config_lib.MAX_BATCH_SIZE and (
+            batch * size[0] * size[1] <= config_lib.MAX_BATCH_PIXELS)
+
+    flags.register_multi_flags_validator(
+        ["batch_size", "image_size"], batch_fits, flag_values=flag_values,
+        message=f"--batch_size must be <= {config_lib.MAX_BATCH_SIZE:,} and batch x height x "
+                f"width <= {config_lib.MAX_BATCH_PIXELS:,} pixels (1.5 GiB of float32 input per "
+                "replica, activations tens of times more); lower --batch_size or --image_size")
+
+
+def check_flagfiles(argv):
+    """Every --flagfile in `argv` (and in the flagfiles it names) decodes as UTF-8 text, or
+    UserError naming the file and line. absl reads them itself, and a file in another
+    encoding stops it with a bare UnicodeDecodeError that does not say which file."""
+    pending, seen = list(argv[1:]), set()
+    while pending:
+        argument = pending.pop(0)
+        if not argument.startswith(("--flagfile=", "-flagfile=")):
+            continue
+        path = argument.split("=", 1)[1]
+        if path in seen or not os.path.isfile(path):
+            continue  # absl reports a missing flagfile itself, naming it
+        seen.add(path)
+        try:
+            with open(path, "rb") as f:
+                lines = list(reader.text_lines(path, f))
+        except reader.CatalogueError as error:
+            message = str(error).replace("text CSV file", "text file")
+            raise UserError(f"flagfile {message.replace('UTF-8 CSV', 'UTF-8 text')}") from None
+        except OSError as error:
+            raise UserError(f"flagfile {path}: cannot read it ({error.strerror})") from None
+        pending.extend(line.strip() for line in lines)
+
+
+def parse_flags(argv):
+    """absl's flag parsing (app.run's flags_parser) after check_flagfiles: a flagfile in
+    another encoding is one line on stderr and exit status 1, like any UserError."""
+    try:
+        check_flagfiles(argv)
+    except UserError as error:
+        sys.exit(f"cfimage: error: {error}")
+    return app.parse_flags_with_usage(argv)
 
 
 def log(message):

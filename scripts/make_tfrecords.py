@@ -22,6 +22,7 @@ import numpy as np
 from absl import app, flags
 
 from cfimage.catalogue import reader as catalogue_lib
+from cfimage.errors import UserError
 from cfimage.stage1 import embedding_files
 from cfimage.stage2 import data
 from cfimage.stage2 import tfrecords
@@ -62,10 +63,13 @@ def main(argv):
         cf_targets = np.zeros((n, 1), np.float32)
     targets = data.pack_targets(catalogue.labels, catalogue.labelled, cf_targets,
                                 has_vector.astype(np.float32))
-    paths = tfrecords.write_tfrecords(
-        FLAGS.out, catalogue.item_ids, catalogue.image_paths, targets, image_size,
-        catalogue.label_names, num_shards=FLAGS.num_shards,
-        log=lambda message: print(message, flush=True))
+    try:
+        paths = tfrecords.write_tfrecords(
+            FLAGS.out, catalogue.item_ids, catalogue.image_paths, targets, image_size,
+            catalogue.label_names, num_shards=FLAGS.num_shards,
+            log=lambda message: print(message, flush=True))
+    except UserError as error:  # an image that cannot be decoded, named with its item
+        raise SystemExit(f"make_tfrecords: error: {error}")
     print(f"{n} items in {len(paths)} shards; train with "
           f"--image_size={FLAGS.image_size} --tfrecords='{os.path.join(FLAGS.out, 'items-*')}'")
 

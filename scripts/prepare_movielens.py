@@ -30,11 +30,12 @@ from TFDS then, --movies is not used):
         --tfds_data_dir=~/tensorflow_datasets --posters=/data/posters/ml1m --out=/tmp/ml1m
 
 Then:  python -m cfimage.train --catalogue=/data/catalogues/movielens \\
-           --unknown_interaction_items=keep
+           --unknown_interaction_items=keep --allow_outside_paths
 
 Images are referenced by a path relative to the catalogue (`--image_mode=relpath`, default:
 nothing is copied; keep the poster folder where it is), or symlinked / copied into
-`<out>/images/` (`--image_mode=symlink|copy`).
+`<out>/images/` (`--image_mode=symlink|copy`). Relative paths and symlinks lead outside the
+catalogue, which cfimage.train refuses without --allow_outside_paths; `copy` needs no flag.
 """
 
 import argparse

@@ -86,7 +86,8 @@ def test_quoted_commas_and_doubled_quotes_are_values(tmp_path):
 @pytest.mark.parametrize("content, message", [
     (b"item_id,image,labels\na,images/a.png,x\nb,images/b.png,caf\xe9\n",
      "line 3: not valid UTF-8 (byte b'\\xe9' at offset"),
-    ("item_id,image,labels\na,images/a.png,x\n".encode("utf-16"), "line 1: not valid UTF-8"),
+    ("item_id,image,labels\na,images/a.png,x\n".encode("utf-16"),
+     "line 1: a UTF-16 byte-order mark (FF FE); this file is UTF-16 text"),
     (b"item_id,image,labels\na\x00,images/a.png,x\n", "line 2: a NUL character"),
 ])
 def test_non_utf8_and_binary_files_fail_with_the_line(tmp_path, content, message):

@@ -14,8 +14,10 @@ line and the value, and says what would be valid.
 
 import csv
 import dataclasses
+import errno
 import os
 import re
+import stat
 
 import numpy as np
 import pandas as pd
@@ -51,6 +53,9 @@ class CatalogueSpec:
     # Interactions whose item is not in items.csv: fail (default), keep them
     # for stage 1 only (they still train the user and item towers), or drop.
     unknown_interaction_items: str = "fail"
+    # Image paths that resolve (after symlinks) outside the catalogue directory are refused
+    # unless this is set (--allow_outside_paths): a catalogue must not read arbitrary files.
+    allow_outside_paths: bool = False
 
 
 @dataclasses.dataclass
@@ -76,7 +81,7 @@ class Catalogue:
         return len(self.label_names)
 
 
-def read_csv_chunks(path, what, chunk_rows=None, stream=None):
+def read_csv_chunks(path, what, chunk_rows=None, stream=None, one_row_per_line=False):
     """Reads a CSV file as strings, `chunk_rows` rows at a time (all at once when None);
     yields (frame, file line of each row). The one CSV reader of the catalogue files.
 
@@ -86,21 +91,34 @@ def read_csv_chunks(path, what, chunk_rows=None, stream=None):
     breaks would shift a row count), so every message can name the real line. Lines are
     decoded one at a time, so a file of any size is read in bounded memory and a byte that
     is not UTF-8 is reported with its line. `stream`: an open binary file to read instead of
-    opening `path` (stage 1 reads gs:// files through tf.io.gfile).
+    opening `path` (stage 1 reads gs:// files through tf.io.gfile). `one_row_per_line`: also
+    refuse what a reader of one row per line (streamed stage 1's tf.data decode_csv) would read
+    differently, with the line: a line break inside a quoted value, a quote character inside a
+    value, a carriage return alone as a line break.
     """
     if stream is None:
-        if not os.path.isfile(path):
+        problem = image_file_problem(path)
+        if problem == "not found":
             raise CatalogueError(f"{what} file not found: {path}")
-        with open(path, "rb") as f:
-            yield from read_csv_chunks(path, what, chunk_rows, f)
+        if problem:
+            raise CatalogueError(f"{what} file {path} is {problem}, not a CSV file.")
+        try:
+            f = open(path, "rb")
+        except OSError as error:
+            raise CatalogueError(f"{path}: cannot read the {what} file ({error.strerror}).") \
+                from None
+        with f:
+            yield from read_csv_chunks(path, what, chunk_rows, f, one_row_per_line)
         return
-    reader = csv.reader(_text_lines(path, stream), strict=True)
+    reader = csv.reader(text_lines(path, stream, lone_cr=not one_row_per_line), strict=True)
     rows, lines, start = [], [], 1
     try:
         header = next(reader, None)
         if not header or not any(name.strip() for name in header):
             raise CatalogueError(f"{path}: empty file or empty header line; the first line "
                                  "must name the columns.")
+        if one_row_per_line:
+            _check_one_line(path, 1, reader.line_num, header)
         header = [name.strip() for name in header]
         seen = set()
         for name in header:
@@ -112,6 +130,8 @@ def read_csv_chunks(path, what, chunk_rows=None, stream=None):
         start = reader.line_num + 1
         for record in reader:
             if len(record) > 1 or (record and record[0].strip()):  # blank lines are skipped
+                if one_row_per_line:
+                    _check_one_line(path, start, reader.line_num, record)
                 if len(record) != len(header):
                     raise CatalogueError(
                         f"{path}, line {start}: {len(record)} field(s) {record[:6]}, but the "
@@ -132,11 +152,31 @@ def read_csv_chunks(path, what, chunk_rows=None, stream=None):
         yield _frame(header, rows), np.asarray(lines, np.int64)
 
 
-def _text_lines(path, stream):
+def _check_one_line(path, start, end, record):
+    """CatalogueError for a row that a one-row-per-line reader would split or parse otherwise."""
+    advice = ("streamed stage 1 reads one row per line (tf.data) and cannot read it. Remove it, "
+              "or pass --stream_interactions=false to read the log in memory.")
+    if end > start:
+        broken = next(value for value in record if "\n" in value or "\r" in value)
+        raise CatalogueError(f"{path}, line {start}: a line break inside a quoted value "
+                             f"{broken!r}; {advice}")
+    quoted = [value for value in record if '"' in value]
+    if quoted:
+        raise CatalogueError(f"{path}, line {start}: a quote character inside the value "
+                             f"{quoted[0]!r}; {advice}")
+
+
+def text_lines(path, stream, lone_cr=True):
     """The decoded lines of a binary file, split as io.StringIO(newline="") splits them
-    (at \\n, \\r\\n and a lone \\r), for csv.reader."""
+    (at \\n, \\r\\n and a lone \\r), for csv.reader. A UTF-8 byte-order mark is dropped; a
+    byte that is not UTF-8 or a NUL raises CatalogueError naming `path` and the line. The
+    one decoder of every CSV file cfimage reads (catalogue, streamed log, CF vectors)."""
     offset = 0
     for number, raw in enumerate(stream, start=1):
+        if number == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            raise CatalogueError(
+                f"{path}, line 1: a UTF-16 byte-order mark ({raw[:2].hex(' ').upper()}); this "
+                "file is UTF-16 text. Save it as UTF-8.")
         try:
             text = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM is allowed
         except UnicodeDecodeError as error:
@@ -151,6 +191,12 @@ def _text_lines(path, stream):
                 "file (UTF-16 or binary?). Save it as UTF-8 CSV.")
         offset += len(raw)
         if "\r" in (text[:-2] if text.endswith("\r\n") else text[:-1]):
+            if not lone_cr:
+                raise CatalogueError(
+                    f"{path}, line {number}: a carriage return (\\r) alone as a line break "
+                    "(old Mac line ends, or inside a value); streamed stage 1 reads lines "
+                    "ending in \\n. Save the file with \\n or \\r\\n line ends, or pass "
+                    "--stream_interactions=false to read the log in memory.")
             yield from _LONE_CR.split(text)
         else:
             yield text
@@ -225,13 +271,7 @@ def load_items(root, spec):
 
     images = frame[spec.image_column].str.strip()
     paths = np.array([os.path.abspath(os.path.join(root, p)) for p in images])
-    missing = [i for i, p in enumerate(paths) if not images.iloc[i] or not os.path.isfile(p)]
-    if missing:
-        first = missing[0]
-        raise CatalogueError(
-            f"{path}, line {lines[first]}: image file {images.iloc[first]!r} not found "
-            f"(looked for {paths[first]}); {len(missing)} item(s) in all have no image. "
-            "Image paths are relative to the catalogue directory.")
+    _check_image_paths(images, paths, root, spec, path, lines)
 
     parsed, label_names, dropped = _parse_labels(frame[spec.labels_column], spec, path)
     notes = []
@@ -247,6 +287,54 @@ def load_items(root, spec):
             if name in column:
                 multi_hot[row, column[name]] = 1.0
     return ids.to_numpy().astype(str), paths, label_names, multi_hot, notes
+
+
+def image_file_problem(path):
+    """What keeps `path` from being read as a file ("not found", "a directory", "a
+    FIFO (named pipe)", "a symlink loop", ...), or None for a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "not found"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symlink loop (a link that leads back to itself)"
+        return f"unreadable ({error.strerror})"
+    for test, what in [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")]:
+        if test(mode):
+            return what
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _check_image_paths(images, paths, root, spec, path, lines):
+    """Every image path names a regular file inside the catalogue directory (after symlinks),
+    or CatalogueError naming the line, the path and what it is."""
+    problems = [(i, "empty" if not text else image_file_problem(p))
+                for i, (text, p) in enumerate(zip(images, paths))]
+    problems = [(i, what) for i, what in problems if what]
+    if problems:
+        first, what = problems[0]
+        shown = (f"not found (looked for {paths[first]})" if what == "not found"
+                 else f"is {what} ({paths[first]}), not an image file" if what != "empty"
+                 else "is empty")
+        raise CatalogueError(
+            f"{path}, line {lines[first]}: image file {images.iloc[first]!r} {shown}; "
+            f"{len(problems)} item(s) in all have no image. Image paths are relative to the "
+            "catalogue directory.")
+    if spec.allow_outside_paths:
+        return
+    inside = os.path.join(os.path.realpath(root), "")
+    outside = [i for i, p in enumerate(paths) if not os.path.realpath(p).startswith(inside)]
+    if outside:
+        first = outside[0]
+        raise CatalogueError(
+            f"{path}, line {lines[first]}: image path {images.iloc[first]!r} resolves to "
+            f"{os.path.realpath(paths[first])}, outside the catalogue directory "
+            f"{os.path.realpath(root)} ({len(outside)} such path(s) in all). Image paths must "
+            "stay inside the catalogue (an absolute path, '..' or a symlink can leave it): "
+            "move the images in, or pass --allow_outside_paths if you trust this catalogue.")
 
 
 def parse_weights(raw, column, path, lines, scope, unit="line"):

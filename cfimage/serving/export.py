@@ -8,7 +8,7 @@ sees a half-written version.
 Signatures (all stock TensorFlow ops; the CF tables are tf.Variables inside the
 SavedModel, so TF Serving needs nothing but the directory):
 
-  serving_default  images string [B] (encoded JPEG/PNG/GIF/BMP bytes)
+  serving_default  images string [B] (encoded JPEG/PNG/GIF/BMP/WebP bytes)
                    -> scores float [B, C], label_names string [B, C],
                       top_k_labels string [B, k], top_k_scores float [B, k]
                       (k = min(5, C))
@@ -104,13 +104,11 @@ def remove_stale_temporaries(model_dir, log=print):
     return removed
 
 
-def _decode_within_limit(image_bytes, image_size):
-    limit = tf.debugging.assert_less_equal(
-        data.header_pixels(image_bytes), tf.constant(data.MAX_IMAGE_PIXELS, tf.int64),
-        message=f"image too large: its header claims more than {data.MAX_IMAGE_PIXELS:,} "
-                "pixels; downscale it")
-    with tf.control_dependencies([limit]):
-        return data.decode_and_resize(image_bytes, image_size)
+def _not_empty(batch, name):
+    """InvalidArgument for a request with no examples, which would otherwise fail deep in the
+    graph with "Incompatible shapes"."""
+    return tf.debugging.assert_positive(
+        tf.shape(batch)[0], message=f"empty batch: the request has no {name}; send at least one")
 
 
 def _check_table(kind, ids, vectors, dim):
@@ -242,10 +240,12 @@ def export_saved_model(model, label_names, image_size, export_base, model_name, 
     def predict_images(images):
         # Bytes that are not an image fail in decode_image with InvalidArgument
         # ("Unknown image file format ..."): the request fails, the server lives on.
-        # A header claiming more than data.MAX_IMAGE_PIXELS fails with InvalidArgument
-        # before anything is decoded (a small file can claim a huge image).
-        pixels = tf.map_fn(lambda b: _decode_within_limit(b, image_size), images,
-                           fn_output_signature=tf.TensorSpec((*image_size, 3), tf.uint8))
+        # A header (PNG, GIF, BMP, WebP, JPEG) claiming more than data.MAX_IMAGE_PIXELS
+        # fails with InvalidArgument before anything is decoded (a small file can claim a
+        # huge image): decode_and_resize checks it, as in training.
+        with tf.control_dependencies([_not_empty(images, "images")]):
+            pixels = tf.map_fn(lambda b: data.decode_and_resize(b, image_size), images,
+                               fn_output_signature=tf.TensorSpec((*image_size, 3), tf.uint8))
         return predict(tf.cast(pixels, tf.float32))
 
     def with_label_names(scores):
@@ -264,6 +264,10 @@ def export_saved_model(model, label_names, image_size, export_base, model_name, 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32,
                                                 name="pixels")])
     def predict_pixels(pixels):
+        with tf.control_dependencies([_not_empty(pixels, "pixels")]):
+            # NaN or inf would give NaN scores: InvalidArgument instead.
+            pixels = tf.debugging.check_numerics(
+                pixels, "pixels must be finite RGB values (0-255), not NaN or inf")
         return with_label_names(predict(_resize_pixels(pixels, image_size))["labels"])
 
     @tf.function(input_signature=[images_spec])

@@ -19,6 +19,8 @@ import tempfile
 import numpy as np
 import pandas as pd
 
+from cfimage.catalogue import reader
+
 SUFFIXES = (".npz", ".csv")
 PROJECTOR_TENSOR = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
 
@@ -49,6 +51,16 @@ def _check_arrays(ids, vectors, source, row_name=lambda row: f"row {row}"):
     real = np.issubdtype(vectors.dtype, np.integer) or np.issubdtype(vectors.dtype, np.floating)
     if not real:
         raise ValueError(f"{source}: vectors must be real numbers, got dtype {vectors.dtype}")
+    if ids.dtype.kind == "S":  # bytes: ids must be UTF-8 text
+        for row, raw in enumerate(ids.tolist()):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{source}: {row_name(row)}: item id {raw!r} is not valid UTF-8 (byte "
+                    f"{raw[error.start:error.start + 1]!r}); store the ids as UTF-8 text.") \
+                    from None
+        ids = np.char.decode(ids, "utf-8")
     ids = ids.astype(str)
     first_row = {}
     for row, item_id in enumerate(ids.tolist()):
@@ -111,21 +123,34 @@ def _load_npz(path):
 
 
 def _load_csv(path):
-    with open(path, newline="") as f:
-        rows = csv.reader(f)
-        header = next(rows, None)
-        if not header:
-            raise ValueError(f"{path}: empty file; expected a header item_id,v0,v1,...")
-        dim = len(header) - 1
-        expected = ["item_id"] + [f"v{j}" for j in range(dim)]
-        if dim < 1 or header != expected:
-            raise ValueError(
-                f"{path}: line 1: bad header {header[:5]}{'...' if len(header) > 5 else ''}; "
-                f"expected item_id,v0,v1,...,v<d-1> (missing or misnamed columns)")
-        ids, vectors, lines = [], [], []
-        for line, row in enumerate(rows, start=2):
-            if not row:
-                continue  # A trailing blank line is harmless.
+    try:
+        f = open(path, "rb")
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the embeddings file ({error.strerror})") from None
+    with f:
+        try:
+            return _parse_csv(path, csv.reader(reader.text_lines(path, f), strict=True))
+        except csv.Error as error:
+            raise ValueError(f"{path}: malformed CSV ({error}); quote ids that contain a comma, "
+                             'a quote or a line break, with quotes inside doubled ("")') from None
+
+
+def _parse_csv(path, rows):
+    """Rows of a vectors CSV (decoded by the catalogue's reader: UTF-8, a byte-order mark
+    allowed, errors naming the file and line) -> validated (ids, vectors)."""
+    header = next(rows, None)
+    if not header:
+        raise ValueError(f"{path}: empty file; expected a header item_id,v0,v1,...")
+    dim = len(header) - 1
+    expected = ["item_id"] + [f"v{j}" for j in range(dim)]
+    if dim < 1 or [name.strip() for name in header] != expected:
+        raise ValueError(
+            f"{path}: line 1: bad header {header[:5]}{'...' if len(header) > 5 else ''}; "
+            f"expected item_id,v0,v1,...,v<d-1> (missing or misnamed columns)")
+    ids, vectors, lines = [], [], []
+    line = rows.line_num + 1
+    for row in rows:
+        if row:  # a blank line is harmless
             if len(row) != dim + 1:
                 raise ValueError(
                     f"{path}: line {line}: inconsistent dimension: {len(row) - 1} values, "
@@ -140,6 +165,7 @@ def _load_csv(path):
             ids.append(row[0])
             vectors.append(values)
             lines.append(line)
+        line = rows.line_num + 1
     if not ids:
         raise ValueError(f"{path}: no data rows after the header")
     # A CSV user thinks in file lines (the header is line 1), not in 0-based rows.
@@ -181,7 +207,7 @@ def align_embeddings(catalogue_item_ids, ids, vectors, source, log=print):
     if not has_vector.any():
         raise ValueError(
             f"{source}: none of the {len(catalogue)} catalogue items has a vector (file ids "
-            f"look like {list(ids[:3])}, catalogue ids like {list(catalogue[:3])})")
+            f"look like {ids[:3].tolist()}, catalogue ids like {catalogue[:3].tolist()})")
     aligned = np.zeros((len(catalogue), vectors.shape[1]), dtype=np.float32)
     aligned[has_vector] = vectors[rows[has_vector]]
     n_extra = len(ids) - int(has_vector.sum())

@@ -215,8 +215,9 @@ def scan_interactions(files, spec, item_ids, config, stream=None, log=print):
     header, n_unknown = None, 0
     for path in files:
         with io.BufferedReader(_GFileReader(path), 1 << 20) as f:
+            # one_row_per_line: what this scan accepts, stream.py's decode_csv reads alike.
             for chunk, lines in reader.read_csv_chunks(path, "interactions", stream.chunk_rows,
-                                                       stream=f):
+                                                       stream=f, one_row_per_line=True):
                 if header is None:
                     header = list(chunk.columns)
                 elif list(chunk.columns) != header:

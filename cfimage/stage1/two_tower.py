@@ -295,7 +295,8 @@ def train(summary, make_dataset, item_ids, config, log=print, tensorboard_dir=No
     if not (catalogue_counts > 0).any():
         raise ValueError(
             f"no catalogue item has any interaction (catalogue ids look like "
-            f"{list(catalogue[:3])}, log item ids like {list(summary.item_counts.index[:3])})")
+            f"{catalogue[:3].tolist()}, log item ids like "
+            f"{summary.item_counts.index[:3].tolist()})")
     writer = tf.summary.create_file_writer(tensorboard_dir) if tensorboard_dir else None
     metrics = dict(metrics or {}, n_interactions=summary.n_rows, n_users=len(summary.users),
                    n_log_items=len(summary.item_counts))

@@ -45,6 +45,8 @@ def prepare(catalogue, vectors, has_vector, stage2, cf_target_scale, task, globa
     log(f"split (seed {stage2.seed}): train {len(train_rows)} "
         f"({int(labelled[train_rows].sum())} labelled, label_ratio {stage2.label_ratio}), "
         f"validation {len(splits['validation'])}, test {len(splits['test'])}")
+    for note in data.split_class_notes(catalogue.labels, labelled, splits, catalogue.label_names):
+        log(note)
 
     # The CF loss of the arm: its per-item weights and, for the triplet loss, its positives.
     kind = stage2.cf_confidence

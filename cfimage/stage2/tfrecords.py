@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from cfimage import atomic
+from cfimage.errors import UserError
 from cfimage.stage2 import data
 
 MANIFEST = "tfrecords.json"
@@ -76,7 +77,8 @@ def write_tfrecords(out_dir, item_ids, image_paths, targets, image_size, label_n
     for k, path in enumerate(paths):
         with atomic.replacing(path) as temporary, tf.io.TFRecordWriter(temporary) as writer:
             for i in range(bounds[k], bounds[k + 1]):
-                writer.write(_example(item_ids[i].encode(), next(images).numpy(),
+                writer.write(_example(item_ids[i].encode(), _next_image(images, i, item_ids,
+                                                                        image_paths),
                                       targets["labels"][i], targets["cf"][i]))
         log(f"wrote {path} ({bounds[k + 1] - bounds[k]} items)")
     manifest = {"image_size": list(image_size), "num_items": n, "label_names": list(label_names),
@@ -86,6 +88,17 @@ def write_tfrecords(out_dir, item_ids, image_paths, targets, image_size, label_n
     with tf.io.gfile.GFile(os.path.join(out_dir, MANIFEST), "w") as f:
         f.write(json.dumps(manifest, indent=2))
     return paths
+
+
+def _next_image(images, i, item_ids, image_paths):
+    """The next decoded image, or a UserError naming the item and file that cannot be decoded
+    (a bomb header over data.MAX_IMAGE_PIXELS, a corrupt or unknown file)."""
+    try:
+        return next(images).numpy()
+    except tf.errors.OpError as error:
+        raise UserError(f"{image_paths[i]} (item {str(item_ids[i])!r}): cannot be written to "
+                        f"the TFRecord shards: {data.error_reason(error)}. Fix or remove the "
+                        "image (train.py checks every image first: --on_bad_image).") from None
 
 
 def cache_bytes(num_items, image_size):
