@@ -178,8 +178,11 @@ def test_a_cache_of_another_network_is_refused(trained):
         cached.check_backbone(backbone, catalogue.image_paths, plain * 1.5, SIZE, "cache")
 
 
-@pytest.mark.parametrize("arm", ["image_only", "multitask_sqrt", "multitask_loss",
-                                 "two_stage", "contrastive"])
+# The fast tier trains the baseline (multitask: the `trained` fixture); the other arms, 5-10 s
+# each, run in the slow tier (the inner loop stays under 3 minutes).
+@pytest.mark.parametrize("arm", ["image_only"] + [
+    pytest.param(arm, marks=pytest.mark.slow)
+    for arm in ("multitask_sqrt", "multitask_loss", "two_stage", "contrastive")])
 def test_every_arm_trains_on_cached_features(catalogue_root, trained, tmp_path, arm):
     _, _, first_stage2, _, _ = trained
     catalogue, stage2_inputs, stage2, runtime = setup_run(

@@ -54,6 +54,7 @@ def test_top_blocks_unfreezes_only_those_blocks_and_never_batchnorm(name):
         model_lib.unfreeze(backbone, "top_blocks:17")
 
 
+@pytest.mark.slow  # trains a cached run first (about 20 s here)
 def test_the_switch_loads_the_best_heads_and_saves_the_whole_model(catalogue_root, tmp_path):
     catalogue = reader.load_catalogue(catalogue_root)
     rows = np.arange(12)
