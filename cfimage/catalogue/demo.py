@@ -160,12 +160,7 @@ def make_demo_catalogue(directory, seed=0, num_items=1200, num_users=400,
             rating = int(np.clip(round(3 + affinity[i] + rng.normal(0, 0.7)), 1, 5))
             interactions.append((f"user{u:04d}", f"item{i:05d}", rating, 1_600_000_000 + t))
 
-    with open(os.path.join(directory, "items.csv"), "w") as f:
-        f.write("item_id,image,labels\n")
-        f.writelines(f"{i},{p},{lab}\n" for i, p, lab in rows)
-    with open(os.path.join(directory, "interactions.csv"), "w") as f:
-        f.write("user_id,item_id,weight,timestamp\n")
-        f.writelines(f"{u},{i},{r},{t}\n" for u, i, r, t in interactions)
+    _write_csvs(directory, rows, interactions)
     with open(marker, "w") as f:  # written last: marks the catalogue complete
         json.dump(params, f)
     return directory
@@ -241,12 +236,7 @@ def _write_control(directory, rng, num_items, num_users, interactions_per_user, 
             rating = int(np.clip(round(2 + affinity[u, i] / 2 + rng.normal(0, 0.5)), 1, 5))
             interactions.append((f"user{u:04d}", f"item{i:05d}", rating, 1_600_000_000 + t))
 
-    with open(os.path.join(directory, "items.csv"), "w") as f:
-        f.write("item_id,image,labels\n")
-        f.writelines(f"{i},{p},{lab}\n" for i, p, lab in items)
-    with open(os.path.join(directory, "interactions.csv"), "w") as f:
-        f.write("user_id,item_id,weight,timestamp\n")
-        f.writelines(f"{u},{i},{r},{t}\n" for u, i, r, t in interactions)
+    _write_csvs(directory, items, interactions)
     with open(os.path.join(directory, "control_items.csv"), "w") as f:
         f.write("item_id,shape,colour,texture,top,left,box\n")
         f.writelines(",".join(map(str, row)) + "\n" for row in truth)
@@ -254,3 +244,13 @@ def _write_control(directory, rng, num_items, num_users, interactions_per_user, 
         f.write("user_id,shape,colour,texture\n")
         f.writelines(f"user{u:04d},{CONTROL_SHAPES[s]},{CONTROL_COLOURS[c][0]},"
                      f"{CONTROL_TEXTURES[t]}\n" for u, (s, c, t) in enumerate(taste))
+
+
+def _write_csvs(directory, items, interactions):
+    """items.csv (item_id, image, labels) and interactions.csv of a generated catalogue."""
+    with open(os.path.join(directory, "items.csv"), "w") as f:
+        f.write("item_id,image,labels\n")
+        f.writelines(f"{i},{p},{lab}\n" for i, p, lab in items)
+    with open(os.path.join(directory, "interactions.csv"), "w") as f:
+        f.write("user_id,item_id,weight,timestamp\n")
+        f.writelines(f"{u},{i},{r},{t}\n" for u, i, r, t in interactions)
