@@ -223,7 +223,7 @@ def main_reporting_user_errors(argv):
 
 
 def run():
-    app.run(main_reporting_user_errors)
+    app.run(main_reporting_user_errors, flags_parser=train_flags.parse_flags)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import sys
 import cfimage  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from absl import app, flags
 
+from cfimage import train_flags
 from cfimage import workdir as workdir_lib
 from cfimage.errors import UserError
 from cfimage.experiments import runner
@@ -110,4 +111,4 @@ def main_reporting_user_errors(argv):
 
 
 if __name__ == "__main__":
-    app.run(main_reporting_user_errors)
+    app.run(main_reporting_user_errors, flags_parser=train_flags.parse_flags)

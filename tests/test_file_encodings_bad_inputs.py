@@ -3,6 +3,8 @@ not a file: the message names the file (items, interactions, streamed interactio
 .csv and .npz, flagfiles)."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ from cfimage.errors import UserError
 from cfimage.stage1 import embedding_files, scan
 from cfimage.stage1.two_tower import TwoTowerConfig
 from tests.conftest import write_catalogue
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 ITEMS = "item_id,image,labels\ncafé,images/a.png,x\nb,images/b.png,y\nc,images/c.png,x\n"
 INTERACTIONS = "user_id,item_id\nu1,café\nu2,b\nu3,c\n"
@@ -123,3 +127,16 @@ def test_messages_show_ids_as_text_not_numpy_reprs():
     assert "file ids look like ['sku-0', 'sku-1'], catalogue ids like ['x-0', 'x-1']" in \
         str(error.value)
     assert "np.str_" not in str(error.value)
+
+
+@pytest.mark.slow  # starts a Python process per entry point
+@pytest.mark.parametrize("module", ["cfimage.diagnose", "cfimage.experiment"])
+def test_every_entry_point_names_a_flagfile_in_another_encoding(tmp_path, module):
+    flagfile = tmp_path / "latin1.cfg"
+    flagfile.write_bytes("--workdir=caf\xe9\n".encode("latin-1"))
+    result = subprocess.run([sys.executable, "-m", module, f"--flagfile={flagfile}"],
+                            capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+                            env={**os.environ, "PYTHONPATH": ROOT})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"cfimage: error: flagfile {flagfile}, line ")
