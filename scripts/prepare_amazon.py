@@ -35,6 +35,8 @@ Offline (the files downloaded elsewhere; a folder or the two paths):
         --meta=/data/meta_Toys_and_Games.json.gz --out=/data/catalogues/amazon_toys
 
 Images already in --images_dir (named <asin>.jpg) are used without any network access.
+An --images_dir outside --out makes a catalogue whose image paths leave its folder:
+cfimage.train then needs --allow_outside_paths (the default <out>/images needs nothing).
 """
 
 import argparse

@@ -19,6 +19,9 @@ not be fetched: train with `--unknown_interaction_items=keep`); --keep_all_repin
 repin (pins with few repins then teach the two-tower model too). Failed image downloads are
 listed in <out>/image_failures.csv; rerunning retries only those.
 
+An --images_dir outside --out makes a catalogue whose image paths leave its folder:
+cfimage.train then needs --allow_outside_paths (the default <out>/images needs nothing).
+
 Offline (tables and, optionally, images already on disk as <images_dir>/<pin_id>.jpg):
 
     python scripts/prepare_pinterest.py --pins=/data/pinterest/pins.csv \\
