@@ -63,6 +63,7 @@ class Stage2Config:
     cf_weight: float  # λ of the (main) training phase, as the arm's rule gives it
     cf_confidence: str  # the CF-loss weighting the arm trains with
     pretrain_epochs: int  # two_stage: epochs of the CF-only phase
+    early_stopping_patience: int  # 0 = every epoch; else stop after this many without a gain
     triplet_margin: float  # contrastive
     backbone: str
     weights: str
@@ -221,6 +222,7 @@ def from_flags(flags):
             arm=arm.name, cf_weight=arm.cf_weight(flags.cf_weight),
             cf_confidence=arm.confidence_weighting(flags.cf_confidence),
             pretrain_epochs=flags.pretrain_epochs, triplet_margin=flags.triplet_margin,
+            early_stopping_patience=flags.early_stopping_patience,
             backbone=flags.backbone, weights=flags.weights,
             image_size=parse_image_size(flags.image_size), dropout=flags.dropout,
             batch_size=flags.batch_size, epochs=flags.epochs, optimizer=flags.optimizer,

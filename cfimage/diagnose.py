@@ -85,7 +85,10 @@ def main(argv):
                                                 FLAGS.interactions_file)
     catalogue = reader.load_catalogue(root, spec, interactions=not stream)
     listed_ids = catalogue.item_ids
-    catalogue = _drop_unreadable(catalogue)
+    from cfimage.catalogue import images  # loads TensorFlow, as the config did
+    cache = os.path.abspath(FLAGS.feature_cache or os.path.join(workdir, "features"))
+    catalogue = images.drop_unreadable_images(catalogue, spec, FLAGS.on_bad_image, workdir, log,
+                                              check_cache=cache)
     log(reader.describe(catalogue))
     multi_label = catalogue.multi_label if FLAGS.task == "auto" else FLAGS.task == "multi_label"
 
@@ -102,7 +105,6 @@ def main(argv):
         f"interaction bins: {', '.join(bin_names)}")
 
     # --- Backbone features, cached ----------------------------------------------------
-    cache = os.path.abspath(FLAGS.feature_cache or os.path.join(workdir, "features"))
     if FLAGS.weights in ("none", None):
         log("note: --weights=none probes a randomly initialised backbone; pass "
             "--weights=imagenet (or a weights file) to probe the features a user starts from")
@@ -170,25 +172,6 @@ def _check_flags():
     except ValueError as error:
         raise UserError(str(error)) from None
     return tuple(size), fractions, ratios
-
-
-def _drop_unreadable(catalogue):
-    """The catalogue without items whose image cannot be decoded (--on_bad_image=skip)."""
-    import numpy as np
-    from cfimage.catalogue import reader
-    from cfimage.stage2 import data
-    bad = data.find_unreadable_images(catalogue.image_paths, log=log)
-    if not bad:
-        return catalogue
-    first = min(bad)
-    if FLAGS.on_bad_image == "fail":
-        raise UserError(f"{os.path.join(catalogue.root, FLAGS.items_file)}, line {first + 2}, "
-                        f"item {str(catalogue.item_ids[first])!r}: image "
-                        f"{catalogue.image_paths[first]} cannot be read ({bad[first]}); "
-                        f"{len(bad)} unreadable image(s) in all. Fix or remove them, or pass "
-                        "--on_bad_image=skip to leave those items out.")
-    log(f"skipped {len(bad)} item(s) with unreadable images (--on_bad_image=skip)")
-    return reader.drop_items(catalogue, np.isin(np.arange(catalogue.num_items), sorted(bad)))
 
 
 def _header(catalogue, root, stage1, extracted, multi_label, image_size, label_ratios,

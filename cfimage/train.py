@@ -62,8 +62,9 @@ def main(argv):
     catalogue = reader.load_catalogue(root, spec, interactions=not stream)
     listed_ids = catalogue.item_ids  # as in items.csv, before unreadable images are dropped
     if not stage2_config.tfrecords:  # TFRecord shards were decoded when they were written
-        catalogue = images.drop_unreadable_images(catalogue, spec,
-                                                  catalogue_config.on_bad_image, workdir, log)
+        catalogue = images.drop_unreadable_images(
+            catalogue, spec, catalogue_config.on_bad_image, workdir, log,
+            check_cache=stage2_config.feature_cache)  # shared by cells on cached features
     log(reader.describe(catalogue))
     for note in catalogue.notes:
         log(note)

@@ -139,6 +139,10 @@ def define_flags(flag_values=flags.FLAGS):
                       "of the CF loss: uniform, sqrt(#interactions), or loss-based (see "
                       "cfimage/stage2/confidence.py); the multitask_* arms fix it.",
                       flag_values=flag_values)
+    flags.DEFINE_integer("early_stopping_patience", 0, "Stop a training phase after this many "
+                         "epochs without a better validation mAP (Keras EarlyStopping; 0 = "
+                         "train every epoch). The checkpoint is still chosen on validation mAP.",
+                         flag_values=flag_values)
     flags.DEFINE_integer("pretrain_epochs", 5, "two_stage: epochs of CF-only pre-training.",
                          flag_values=flag_values)
     flags.DEFINE_float("triplet_margin", 0.25, "contrastive: triplet margin (mean squared units).",
@@ -234,6 +238,7 @@ def define_flags(flag_values=flags.FLAGS):
         "cache_limit_gb": (lambda value: value >= 0, "must be >= 0 (0 = half the memory)"),
         "cf_target_scale": (lambda value: value > 0, "--cf_target_scale must be > 0."),
         "pretrain_epochs": (lambda value: value >= 1, "must be >= 1"),
+        "early_stopping_patience": (lambda value: value >= 0, "must be >= 0 (0 = off)"),
         "dropout": (lambda value: 0.0 <= value < 1.0, "must be in [0, 1)"),
         "learning_rate": (lambda value: value > 0, "must be > 0"),
         "threads": (lambda value: value >= 0, "must be >= 0 (0 = TensorFlow's default)"),

@@ -21,4 +21,4 @@ python -m cfimage.experiment --workdir="$WORKDIR" --seeds="$SEEDS" \
 --unknown_interaction_items=keep,--backbone=efficientnet_lite0,--weights=imagenet,\
 --image_size=224x160,--train_backbone=false,--adapter_units=256,\
 --feature_cache=$(mkdir -p "$WORKDIR/features" && cd "$WORKDIR/features" && pwd),\
---epochs=30,--batch_size=64,--learning_rate=1e-3,--pretrain_epochs=10"
+--epochs=30,--early_stopping_patience=5,--batch_size=64,--learning_rate=1e-3,--pretrain_epochs=10"

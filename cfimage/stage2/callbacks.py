@@ -51,6 +51,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.state_path = checkpoint_path.replace(".weights.h5", ".json")
         self.log = log
         self.best, self.best_epoch = -math.inf, None
+        self.early_stopping = None  # set by select_by_validation_map when a patience is given
         if os.path.isfile(self.state_path):
             with open(self.state_path) as f:
                 state = json.load(f)
@@ -87,18 +88,27 @@ class BestCheckpoint(keras.callbacks.Callback):
 
 
 def select_by_validation_map(dataset, labels, label_names, checkpoint_path, resuming,
-                             log=print):
+                             log=print, patience=0):
     """Callbacks that keep the weights of the epoch with the best validation macro mAP at
     `checkpoint_path`: [ValidationMAP, ModelCheckpoint, BestCheckpoint], in this order, and
     the BestCheckpoint (its `best`, `best_epoch`). The test split is never looked at. A fresh
     run (not `resuming`) forgets the best checkpoint of an earlier run in its workdir; a
     resumed one only replaces it with a better epoch. Put them before TensorBoard in the
-    callback list so that TensorBoard also records what they add to the logs."""
+    callback list so that TensorBoard also records what they add to the logs.
+
+    `patience` > 0 adds Keras' EarlyStopping on the same validation mAP: the phase stops
+    after that many epochs without a better one (counted within the phase; a resumed run
+    counts afresh). The chosen checkpoint is the same as without it up to the stop."""
     record = BestCheckpoint(checkpoint_path, log=log)
     if not resuming:
         record.forget()
     os.makedirs(os.path.dirname(checkpoint_path) or ".", exist_ok=True)
-    return [ValidationMAP(dataset, labels, label_names), record.checkpoint, record], record
+    callbacks = [ValidationMAP(dataset, labels, label_names), record.checkpoint, record]
+    if patience:
+        record.early_stopping = keras.callbacks.EarlyStopping(
+            monitor="val_map", mode="max", patience=patience)
+        callbacks.append(record.early_stopping)
+    return callbacks, record
 
 
 class StepTimer(keras.callbacks.Callback):

@@ -126,8 +126,13 @@ def fit_selected(model, train, validation, catalogue, inputs, stage2, runtime, e
         log(f"resuming stage 2 from {os.path.join(runtime.outdir, 'backup')}")
     callbacks, best = select_by_validation_map(
         validation, catalogue.labels[inputs.splits["validation"]], catalogue.label_names,
-        os.path.join(runtime.outdir, "checkpoints", "best.weights.h5"), resuming, log=log)
+        os.path.join(runtime.outdir, "checkpoints", "best.weights.h5"), resuming, log=log,
+        patience=stage2.early_stopping_patience)
     fit.resumable_fit(model, train, validation, epochs, runtime.outdir, tag,
                       callbacks=callbacks, log=log, max_loss=stage2.max_loss,
                       initial_epoch=initial_epoch)
+    if best.early_stopping is not None and best.early_stopping.stopped_epoch:
+        log(f"stopped early after epoch {best.early_stopping.stopped_epoch + 1}: no better "
+            f"validation mAP in {stage2.early_stopping_patience} epochs "
+            f"(--early_stopping_patience); best epoch {best.best_epoch}")
     return best

@@ -111,3 +111,19 @@ def test_validation_map_writes_the_metrics_of_the_models_scores(tmp_path):
     assert history.history["val_precision_at_1"][-1] == expected["precision_at_1"]
     assert record.best == max(history.history["val_map"])
     assert (tmp_path / "checkpoints" / "best.weights.h5").is_file()
+
+
+def test_a_patience_stops_the_phase_after_that_many_epochs_without_a_better_map(tmp_path):
+    path = str(tmp_path / "best.weights.h5")
+    all_callbacks, record = callbacks.select_by_validation_map(
+        None, None, None, path, resuming=False, log=lambda message: None, patience=2)
+    scripted = ScriptedValidationMAP([0.3, 0.5, 0.4, 0.5, 0.9, 0.9])  # 0.9 never reached
+    x, y = _data()
+    history = _tiny_model().fit(x, y, batch_size=4, epochs=6, verbose=0,
+                                callbacks=[scripted, *all_callbacks[1:]])
+    assert len(history.history["loss"]) == 4  # epochs 3 and 4 were no better than epoch 2
+    assert (record.best, record.best_epoch) == (0.5, 2)
+    assert record.early_stopping.stopped_epoch == 3  # zero-based, as Keras counts
+    _, record = callbacks.select_by_validation_map(None, None, None, path, resuming=False,
+                                                   log=lambda message: None)
+    assert record.early_stopping is None  # patience 0: every epoch
