@@ -183,7 +183,10 @@ def from_flags(flags):
     two_tower = TwoTowerConfig(
         embedding_dim=flags.cf_dim, epochs=flags.cf_epochs, learning_rate=flags.cf_learning_rate,
         temperature=flags.cf_temperature, holdout_fraction=flags.cf_holdout,
-        recall_k=flags.cf_recall_k, min_interactions=flags.cf_min_interactions, seed=flags.seed)
+        recall_k=flags.cf_recall_k, min_interactions=flags.cf_min_interactions, seed=flags.seed,
+        model=flags.cf_model, vae_epochs=flags.cf_vae_epochs,
+        vae_batch_size=flags.cf_vae_batch_size, vae_learning_rate=flags.cf_vae_learning_rate,
+        vae_beta=flags.cf_vae_beta, vae_latent_dim=flags.cf_vae_latent_dim)
     try:
         two_tower.validate()
     except ValueError as error:

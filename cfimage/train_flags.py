@@ -80,7 +80,8 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_string("cf_embeddings", None, "Skip stage 1 and use these item vectors (.npz "
                         "with ids/vectors, or .csv item_id,v0,v1,...).", flag_values=flag_values)
     # Defaults: stage 1's own (cfimage/stage1/two_tower.py, TwoTowerConfig).
-    flags.DEFINE_integer("cf_dim", STAGE1["embedding_dim"], "Two-tower embedding dimension.",
+    flags.DEFINE_integer("cf_dim", STAGE1["embedding_dim"], "Stage-1 vector size (two-tower/SVD "
+                         "dimension; mult_vae: its hidden layer, vectors --cf_dim + 1).",
                          flag_values=flag_values)
     flags.DEFINE_integer("cf_epochs", STAGE1["epochs"], "Two-tower epochs.",
                          flag_values=flag_values)
@@ -94,6 +95,23 @@ def define_flags(flag_values=flags.FLAGS):
                          flag_values=flag_values)
     flags.DEFINE_integer("cf_min_interactions", STAGE1["min_interactions"], "Items with fewer "
                          "interactions get no CF vector (their CF loss is masked).",
+                         flag_values=flag_values)
+    flags.DEFINE_enum("cf_model", STAGE1["model"], ["two_tower", "mult_vae", "svd"],
+                      "Stage-1 model of the CF vectors: two_tower (TFRS, the default), "
+                      "mult_vae (the paper's Mult-VAE with item bias; vectors = decoder rows + "
+                      "bias, --cf_dim + 1 numbers) or svd (truncated-SVD item factors); the "
+                      "last two need the log in memory (cfimage/stage1/matrix.py).",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("cf_vae_epochs", STAGE1["vae_epochs"], "mult_vae: epochs.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("cf_vae_batch_size", STAGE1["vae_batch_size"], "mult_vae: users per "
+                         "batch.", flag_values=flag_values)
+    flags.DEFINE_float("cf_vae_learning_rate", STAGE1["vae_learning_rate"], "mult_vae: Adam "
+                       "learning rate.", flag_values=flag_values)
+    flags.DEFINE_float("cf_vae_beta", STAGE1["vae_beta"], "mult_vae: weight β of the KL term.",
+                       flag_values=flag_values)
+    flags.DEFINE_integer("cf_vae_latent_dim", STAGE1["vae_latent_dim"], "mult_vae: size of the "
+                         "bottleneck (the item vectors have --cf_dim + 1 numbers).",
                          flag_values=flag_values)
     flags.DEFINE_enum("stream_interactions", "auto", ["auto", "true", "false"], "Stage 1 streams "
                       "the interactions with tf.data (cfimage/stage1/stream.py) instead of "
@@ -260,6 +278,12 @@ def _register_allocation_bounds(flag_values):
                    "hold users x dim and items x dim floats (typical: 32-256)"),
         "cf_shuffle_buffer": (lambda value: 1 <= value <= 100_000_000, "must be in [1, 10^8] "
                               "rows: the buffer holds that many rows in memory"),
+        "cf_vae_epochs": (lambda value: 1 <= value <= 100_000, "must be in [1, 100000]"),
+        "cf_vae_batch_size": (lambda value: 1 <= value <= 65_536, "must be in [1, 65536] "
+                              "users: a batch is users x items floats"),
+        "cf_vae_learning_rate": (lambda value: 0 < value <= 10, "must be in (0, 10]"),
+        "cf_vae_beta": (lambda value: 0 <= value <= 1000, "must be in [0, 1000]"),
+        "cf_vae_latent_dim": (lambda value: 1 <= value <= 1024, "must be in [1, 1024]"),
         "cf_recall_k": (lambda value: value <= 10_000, "must be <= 10000: recall@k ranks the "
                         "top k items of every evaluated user"),
         "demo_items": (lambda value: 1 <= value <= 1_000_000, "must be in [1, 10^6]: the demo "
