@@ -17,7 +17,7 @@ from cfimage.catalogue import reader
 from cfimage.errors import UserError
 from cfimage.stage1.scan import StreamConfig
 from cfimage.stage1.two_tower import TwoTowerConfig
-from cfimage.stage2 import arms
+from cfimage.stage2 import arms, cf_targets
 
 FLAGS = flags.FLAGS
 STAGE1 = {field.name: field.default for field in dataclasses.fields(TwoTowerConfig)}
@@ -122,9 +122,17 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_integer("cf_shuffle_buffer", StreamConfig.shuffle_buffer, "Streaming stage 1: "
                          "rows in the training shuffle buffer (a log sorted by user needs a "
                          "large one, or many shards).", flag_values=flag_values)
-    flags.DEFINE_float("cf_target_scale", 0.5, "CF targets are centred and scaled to this RMS "
-                       "per dimension (keeps the exponential CF loss in range).",
+    flags.DEFINE_float("cf_target_scale", 0.5, "standardised and pca_whiten CF targets have "
+                       "this RMS per dimension (keeps the exponential CF loss in range).",
                        flag_values=flag_values)
+    flags.DEFINE_string("cf_target", "standardised", "How CF vectors become the CF head's "
+                        "targets, fit on the training items only (cfimage/stage2/"
+                        "cf_targets.py): standardised (centred, scaled to --cf_target_scale), "
+                        "l2 (unit length), raw (unchanged, the paper's code), or pca_whiten:K "
+                        "(top K principal components, whitened).", flag_values=flag_values)
+    flags.DEFINE_string("cf_user_embeddings", None, "User vectors (.npz with ids/vectors) of "
+                        "the stage-1 run that wrote --cf_embeddings, for --cf_loss=score "
+                        "(cfimage.experiment passes its stage 1's).", flag_values=flag_values)
 
     # --- Stage 2: the image model -------------------------------------------------
     flags.DEFINE_string("backbone", "efficientnet_b0", "EfficientNet backbone: "
@@ -157,6 +165,19 @@ def define_flags(flag_values=flags.FLAGS):
                       "of the CF loss: uniform, sqrt(#interactions), or loss-based (see "
                       "cfimage/stage2/confidence.py); the multitask_* arms fix it.",
                       flag_values=flag_values)
+    flags.DEFINE_enum("cf_loss", "paper", ["paper", "mse", "cosine", "infonce", "score"],
+                      "CF loss of the arms that reconstruct the CF vectors (not contrastive): "
+                      "paper (exp(MSE + L1) − 1), mse, cosine (1 − cos), infonce (in-batch "
+                      "InfoNCE between the CF head's output and the items' CF vectors, "
+                      "--cf_temperature_stage2), score (DropoutNet-style: the predicted vector "
+                      "scores stage 1's users as the true one does; needs its user vectors).",
+                      flag_values=flag_values)
+    flags.DEFINE_float("cf_temperature_stage2", 0.1, "--cf_loss=infonce: softmax temperature "
+                       "of the cosine similarities.", flag_values=flag_values)
+    flags.DEFINE_integer("cf_loss_min_interactions", 0, "Items with fewer interactions than "
+                         "this are left out of the CF loss (weight 0) in this arm; unlike "
+                         "--cf_min_interactions it does not change stage 1, so cells sharing "
+                         "one stage 1 can differ (0 or 1 = keep all).", flag_values=flag_values)
     flags.DEFINE_integer("pretrain_epochs", 5, "two_stage: epochs of CF-only pre-training.",
                          flag_values=flag_values)
     flags.DEFINE_float("triplet_margin", 0.25, "contrastive: triplet margin (mean squared units).",
@@ -252,6 +273,11 @@ def define_flags(flag_values=flags.FLAGS):
         "cache_limit_gb": (lambda value: value >= 0, "must be >= 0 (0 = half the memory)"),
         "cf_target_scale": (lambda value: value > 0, "--cf_target_scale must be > 0."),
         "pretrain_epochs": (lambda value: value >= 1, "must be >= 1"),
+        "cf_target": (lambda text: cf_targets.parse(text) is not None,
+                      "use standardised, l2, raw or pca_whiten:K with K >= 1"),
+        "cf_temperature_stage2": (lambda value: 1e-3 <= value <= 100, "must be in [0.001, "
+                                  "100]"),
+        "cf_loss_min_interactions": (lambda value: value >= 0, "must be >= 0 (0 = keep all)"),
         "dropout": (lambda value: 0.0 <= value < 1.0, "must be in [0, 1)"),
         "learning_rate": (lambda value: value > 0, "must be > 0"),
         "threads": (lambda value: value >= 0, "must be >= 0 (0 = TensorFlow's default)"),

@@ -132,6 +132,26 @@ def run_stage1(catalogue, spec, listed_ids, config, stream_config, workdir, outd
     return Stage1Output(vectors, has_vector, metrics, source, summary)
 
 
+def user_vectors(workdir, stage1_config, dim):
+    """Stage 1's user table (n_users, dim) for the score loss: --cf_user_embeddings, or the
+    user_embeddings.npz this workdir's stage 1 wrote; None for --cf_embeddings alone."""
+    path = stage1_config.cf_user_embeddings
+    if path is None and not stage1_config.cf_embeddings:
+        path = os.path.join(workdir, "user_embeddings.npz")
+    if path is None or not os.path.isfile(path):
+        if stage1_config.cf_user_embeddings:
+            raise UserError(f"--cf_user_embeddings={path}: no such file")
+        return None
+    try:
+        _, vectors = embedding_files.load_embeddings(path)
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    if vectors.shape[1] != dim:
+        raise UserError(f"{path}: user vectors of dimension {vectors.shape[1]}, but the item "
+                        f"vectors have {dim}: pass the user table of the same stage-1 run")
+    return vectors
+
+
 def _read_aligned(item_ids, path, log):
     try:
         ids, vectors = embedding_files.load_embeddings(path)
