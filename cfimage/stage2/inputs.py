@@ -54,6 +54,7 @@ def prepare(catalogue, vectors, has_vector, stage2, cf_target_scale, task, globa
     # CF targets: the --cf_target transform, fit on the training items only.
     cf_targets, cf_scaling = cf_targets_lib.fit(vectors, has_vector, train_rows, cf_target,
                                                 cf_target_scale)
+    os.makedirs(outdir, exist_ok=True)
     atomic.write_json(os.path.join(outdir, "cf_target.json"), cf_scaling)
     log(f"CF targets ({cf_target}, fit on {cf_scaling['fit_items']} training items): "
         f"{int(has_vector.sum())}/{catalogue.num_items} items have a vector (dim "

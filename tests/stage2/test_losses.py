@@ -116,8 +116,8 @@ def test_infonce_loss_by_hand():
     # Item 2 masked: neither an anchor nor a candidate; rows 0, 1 see cosines [1, 1], [0, 0].
     assert float(loss(_y([1, 1, 0]), PRED)) == pytest.approx(np.log(2), rel=1e-5)
     # Temperature 0.5 doubles the logits: row 0 over [2, 2] is still log 2; row 1 [0, 0] too.
-    assert float(losses.CFInfoNCELoss(0.5)(_y([1, 1, 0]), PRED)) == pytest.approx(np.log(2),
-                                                                                 rel=1e-5)
+    halved = losses.CFInfoNCELoss(0.5)
+    assert float(halved(_y([1, 1, 0]), PRED)) == pytest.approx(np.log(2), rel=1e-5)
     assert float(loss(_y([0, 0, 0]), PRED)) == 0.0
 
 
