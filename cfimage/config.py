@@ -54,7 +54,9 @@ class Stage1Config:
     two_tower: TwoTowerConfig
     stream: StreamConfig
     cf_embeddings: str | None  # the user's own vectors instead of training stage 1
-    cf_target_scale: float  # RMS per dimension of the centred CF targets
+    cf_target_scale: float  # RMS per dimension of standardised / pca_whiten CF targets
+    cf_target: str = "standardised"  # the transform of cfimage/stage2/cf_targets.py
+    cf_user_embeddings: str | None = None  # user vectors that go with --cf_embeddings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +95,10 @@ class Stage2Config:
     finetune_epochs: int  # 0 = heads only
     unfreeze: str  # all | top_blocks:N
     finetune_learning_rate: float  # before scaling by the replicas
+    # The CF loss (cfimage/stage2/losses.py, make_cf_loss) and its item filter.
+    cf_loss: str = "paper"  # paper | mse | cosine | infonce | score
+    cf_temperature_stage2: float = 0.1  # infonce
+    cf_loss_min_interactions: int = 0  # items with fewer interactions: weight 0 in the CF loss
 
     @property
     def arm_spec(self):
@@ -180,11 +186,15 @@ def from_flags(flags):
             "(README, 'Training on several machines')")
     _check_backbone(flags.backbone, flags.weights)
     _check_cached(flags)
+    _check_cf_loss(flags, arm)
 
     two_tower = TwoTowerConfig(
         embedding_dim=flags.cf_dim, epochs=flags.cf_epochs, learning_rate=flags.cf_learning_rate,
         temperature=flags.cf_temperature, holdout_fraction=flags.cf_holdout,
-        recall_k=flags.cf_recall_k, min_interactions=flags.cf_min_interactions, seed=flags.seed)
+        recall_k=flags.cf_recall_k, min_interactions=flags.cf_min_interactions, seed=flags.seed,
+        model=flags.cf_model, vae_epochs=flags.cf_vae_epochs,
+        vae_batch_size=flags.cf_vae_batch_size, vae_learning_rate=flags.cf_vae_learning_rate,
+        vae_beta=flags.cf_vae_beta, vae_latent_dim=flags.cf_vae_latent_dim)
     try:
         two_tower.validate()
     except ValueError as error:
@@ -217,7 +227,8 @@ def from_flags(flags):
             stream_interactions=flags.stream_interactions, task=flags.task),
         stage1=Stage1Config(
             two_tower=two_tower, stream=StreamConfig(shuffle_buffer=flags.cf_shuffle_buffer),
-            cf_embeddings=flags.cf_embeddings, cf_target_scale=flags.cf_target_scale),
+            cf_embeddings=flags.cf_embeddings, cf_target_scale=flags.cf_target_scale,
+            cf_target=flags.cf_target, cf_user_embeddings=flags.cf_user_embeddings),
         stage2=Stage2Config(
             arm=arm.name, cf_weight=arm.cf_weight(flags.cf_weight),
             cf_confidence=arm.confidence_weighting(flags.cf_confidence),
@@ -234,7 +245,9 @@ def from_flags(flags):
             tfrecords=flags.tfrecords, cache_limit_gb=flags.cache_limit_gb,
             train_backbone=flags.train_backbone, adapter_units=flags.adapter_units,
             feature_cache=feature_cache, finetune_epochs=flags.finetune_epochs,
-            unfreeze=flags.unfreeze, finetune_learning_rate=flags.finetune_learning_rate),
+            unfreeze=flags.unfreeze, finetune_learning_rate=flags.finetune_learning_rate,
+            cf_loss=flags.cf_loss, cf_temperature_stage2=flags.cf_temperature_stage2,
+            cf_loss_min_interactions=flags.cf_loss_min_interactions),
         output=OutputConfig(
             workdir=workdir,
             model_name=model_name, export_dir=flags.export_dir, export=flags.export,
@@ -267,6 +280,25 @@ def _check_cached(flags):
         raise UserError(f"--train_backbone=false runs in one process (one feature cache); "
                         f"--strategy={flags.strategy} is not supported with it: use "
                         "--strategy=auto, one_device or mirrored")
+
+
+def _check_cf_loss(flags, arm):
+    """--cf_loss against the arm and the source of the vectors."""
+    if flags.cf_loss != "paper" and arm.cf_loss == arms.TRIPLET:
+        raise UserError(f"--arm={arm.name} trains a triplet loss on the CF head; "
+                        f"--cf_loss={flags.cf_loss} replaces the reconstruction loss of the "
+                        "other arms: drop one")
+    if (flags.cf_loss == "score" and flags.cf_embeddings and not flags.cf_user_embeddings
+            and not flags.stage1_only):
+        raise UserError("--cf_loss=score matches the scores of stage 1's users, but "
+                        f"--cf_embeddings={flags.cf_embeddings} brings no user vectors: pass "
+                        "the user table of the same stage-1 run as --cf_user_embeddings "
+                        "(user_embeddings.npz next to its cf_embeddings.npz), or use another "
+                        "--cf_loss")
+    if flags.cf_user_embeddings and not flags.cf_embeddings:
+        raise UserError(f"--cf_user_embeddings={flags.cf_user_embeddings} goes with "
+                        "--cf_embeddings (the item vectors of the same stage-1 run); without "
+                        "it stage 1 trains and writes its own user vectors: drop it")
 
 
 def write_workdir(config, flags_text):

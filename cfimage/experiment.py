@@ -89,7 +89,10 @@ def main(argv):
         demo = os.path.join(stage1, "demo_catalogue")
         shared = [f"--catalogue={demo}"] if os.path.isfile(os.path.join(demo, "demo.json")) \
             else []
-        base_flags = shared + base_flags + [f"--cf_embeddings={vectors}"]
+        # Its user vectors too: --cf_loss=score reads them (written by every stage-1 model).
+        users = os.path.join(stage1, "user_embeddings.npz")
+        base_flags = shared + base_flags + [f"--cf_embeddings={vectors}"] + (
+            [f"--cf_user_embeddings={users}"] if os.path.isfile(users) else [])
         runner.run_cells(cells, base_flags, workdir, FLAGS.parallel, FLAGS.threads_per_cell,
                          log=log, cells_per_process=FLAGS.cells_per_process)
 

@@ -89,11 +89,12 @@ def main(argv):
         count_interactions=lambda: pipeline.interactions_per_item(
             catalogue, stage1, spec, listed_ids, stage1_config.two_tower, stage1_config.stream,
             log=log),
-        log=log)
+        log=log, cf_target=stage1_config.cf_target,
+        load_users=lambda: pipeline.user_vectors(workdir, stage1_config, stage1.vectors.shape[1]))
 
     # --- Stage 2: the image model (or its heads on cached features), chosen on validation
-    trained = trainer.train(catalogue, stage2_inputs, stage1.vectors.shape[1], stage2_config,
-                            runtime, log=log)
+    cf_dim = stage2_inputs.targets["cf"].shape[1] - 1  # the target's size (pca_whiten: K)
+    trained = trainer.train(catalogue, stage2_inputs, cf_dim, stage2_config, runtime, log=log)
 
     # --- Evaluation: test split, once, at the checkpoint chosen on validation ----
     test = evaluation.evaluate_test(trained.model, trained.best, trained.test,
@@ -102,7 +103,8 @@ def main(argv):
     atomic.write_json(os.path.join(runtime.outdir, "metrics.json"), {
         "test": test, "best_epoch": trained.best.best_epoch, "validation_map": trained.best.best,
         "arm": stage2_config.arm, "cf_weight": stage2_config.cf_weight,
-        "cf_confidence": stage2_config.cf_confidence, "stage1": stage1.metrics,
+        "cf_confidence": stage2_config.cf_confidence, "cf_loss": stage2_config.cf_loss,
+        "stage1": stage1.metrics,
         "stage2": trained.summary, "cf_scaling": stage2_inputs.cf_scaling,
         "train_seconds": round(time.time() - started, 1),
         "num_items": {k: int(len(v)) for k, v in stage2_inputs.splits.items()}})

@@ -17,7 +17,7 @@ from cfimage.catalogue import reader
 from cfimage.errors import UserError
 from cfimage.stage1.scan import StreamConfig
 from cfimage.stage1.two_tower import TwoTowerConfig
-from cfimage.stage2 import arms
+from cfimage.stage2 import arms, cf_targets
 
 FLAGS = flags.FLAGS
 STAGE1 = {field.name: field.default for field in dataclasses.fields(TwoTowerConfig)}
@@ -80,7 +80,8 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_string("cf_embeddings", None, "Skip stage 1 and use these item vectors (.npz "
                         "with ids/vectors, or .csv item_id,v0,v1,...).", flag_values=flag_values)
     # Defaults: stage 1's own (cfimage/stage1/two_tower.py, TwoTowerConfig).
-    flags.DEFINE_integer("cf_dim", STAGE1["embedding_dim"], "Two-tower embedding dimension.",
+    flags.DEFINE_integer("cf_dim", STAGE1["embedding_dim"], "Stage-1 vector size (two-tower/SVD "
+                         "dimension; mult_vae: its hidden layer, vectors --cf_dim + 1).",
                          flag_values=flag_values)
     flags.DEFINE_integer("cf_epochs", STAGE1["epochs"], "Two-tower epochs.",
                          flag_values=flag_values)
@@ -95,6 +96,23 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_integer("cf_min_interactions", STAGE1["min_interactions"], "Items with fewer "
                          "interactions get no CF vector (their CF loss is masked).",
                          flag_values=flag_values)
+    flags.DEFINE_enum("cf_model", STAGE1["model"], ["two_tower", "mult_vae", "svd"],
+                      "Stage-1 model of the CF vectors: two_tower (TFRS, the default), "
+                      "mult_vae (the paper's Mult-VAE with item bias; vectors = decoder rows + "
+                      "bias, --cf_dim + 1 numbers) or svd (truncated-SVD item factors); the "
+                      "last two need the log in memory (cfimage/stage1/matrix.py).",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("cf_vae_epochs", STAGE1["vae_epochs"], "mult_vae: epochs.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("cf_vae_batch_size", STAGE1["vae_batch_size"], "mult_vae: users per "
+                         "batch.", flag_values=flag_values)
+    flags.DEFINE_float("cf_vae_learning_rate", STAGE1["vae_learning_rate"], "mult_vae: Adam "
+                       "learning rate.", flag_values=flag_values)
+    flags.DEFINE_float("cf_vae_beta", STAGE1["vae_beta"], "mult_vae: weight β of the KL term.",
+                       flag_values=flag_values)
+    flags.DEFINE_integer("cf_vae_latent_dim", STAGE1["vae_latent_dim"], "mult_vae: size of the "
+                         "bottleneck (the item vectors have --cf_dim + 1 numbers).",
+                         flag_values=flag_values)
     flags.DEFINE_enum("stream_interactions", "auto", ["auto", "true", "false"], "Stage 1 streams "
                       "the interactions with tf.data (cfimage/stage1/stream.py) instead of "
                       "loading them into pandas: for logs larger than memory. "
@@ -104,9 +122,17 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_integer("cf_shuffle_buffer", StreamConfig.shuffle_buffer, "Streaming stage 1: "
                          "rows in the training shuffle buffer (a log sorted by user needs a "
                          "large one, or many shards).", flag_values=flag_values)
-    flags.DEFINE_float("cf_target_scale", 0.5, "CF targets are centred and scaled to this RMS "
-                       "per dimension (keeps the exponential CF loss in range).",
+    flags.DEFINE_float("cf_target_scale", 0.5, "standardised and pca_whiten CF targets have "
+                       "this RMS per dimension (keeps the exponential CF loss in range).",
                        flag_values=flag_values)
+    flags.DEFINE_string("cf_target", "standardised", "How CF vectors become the CF head's "
+                        "targets, fit on the training items only (cfimage/stage2/"
+                        "cf_targets.py): standardised (centred, scaled to --cf_target_scale), "
+                        "l2 (unit length), raw (unchanged, the paper's code), or pca_whiten:K "
+                        "(top K principal components, whitened).", flag_values=flag_values)
+    flags.DEFINE_string("cf_user_embeddings", None, "User vectors (.npz with ids/vectors) of "
+                        "the stage-1 run that wrote --cf_embeddings, for --cf_loss=score "
+                        "(cfimage.experiment passes its stage 1's).", flag_values=flag_values)
 
     # --- Stage 2: the image model -------------------------------------------------
     flags.DEFINE_string("backbone", "efficientnet_b0", "EfficientNet backbone: "
@@ -143,6 +169,19 @@ def define_flags(flag_values=flags.FLAGS):
                          "epochs without a better validation mAP (Keras EarlyStopping; 0 = "
                          "train every epoch). The checkpoint is still chosen on validation mAP.",
                          flag_values=flag_values)
+    flags.DEFINE_enum("cf_loss", "paper", ["paper", "mse", "cosine", "infonce", "score"],
+                      "CF loss of the arms that reconstruct the CF vectors (not contrastive): "
+                      "paper (exp(MSE + L1) − 1), mse, cosine (1 − cos), infonce (in-batch "
+                      "InfoNCE between the CF head's output and the items' CF vectors, "
+                      "--cf_temperature_stage2), score (DropoutNet-style: the predicted vector "
+                      "scores stage 1's users as the true one does; needs its user vectors).",
+                      flag_values=flag_values)
+    flags.DEFINE_float("cf_temperature_stage2", 0.1, "--cf_loss=infonce: softmax temperature "
+                       "of the cosine similarities.", flag_values=flag_values)
+    flags.DEFINE_integer("cf_loss_min_interactions", 0, "Items with fewer interactions than "
+                         "this are left out of the CF loss (weight 0) in this arm; unlike "
+                         "--cf_min_interactions it does not change stage 1, so cells sharing "
+                         "one stage 1 can differ (0 or 1 = keep all).", flag_values=flag_values)
     flags.DEFINE_integer("pretrain_epochs", 5, "two_stage: epochs of CF-only pre-training.",
                          flag_values=flag_values)
     flags.DEFINE_float("triplet_margin", 0.25, "contrastive: triplet margin (mean squared units).",
@@ -239,6 +278,11 @@ def define_flags(flag_values=flags.FLAGS):
         "cf_target_scale": (lambda value: value > 0, "--cf_target_scale must be > 0."),
         "pretrain_epochs": (lambda value: value >= 1, "must be >= 1"),
         "early_stopping_patience": (lambda value: value >= 0, "must be >= 0 (0 = off)"),
+        "cf_target": (lambda text: cf_targets.parse(text) is not None,
+                      "use standardised, l2, raw or pca_whiten:K with K >= 1"),
+        "cf_temperature_stage2": (lambda value: 1e-3 <= value <= 100, "must be in [0.001, "
+                                  "100]"),
+        "cf_loss_min_interactions": (lambda value: value >= 0, "must be >= 0 (0 = keep all)"),
         "dropout": (lambda value: 0.0 <= value < 1.0, "must be in [0, 1)"),
         "learning_rate": (lambda value: value > 0, "must be > 0"),
         "threads": (lambda value: value >= 0, "must be >= 0 (0 = TensorFlow's default)"),
@@ -265,6 +309,12 @@ def _register_allocation_bounds(flag_values):
                    "hold users x dim and items x dim floats (typical: 32-256)"),
         "cf_shuffle_buffer": (lambda value: 1 <= value <= 100_000_000, "must be in [1, 10^8] "
                               "rows: the buffer holds that many rows in memory"),
+        "cf_vae_epochs": (lambda value: 1 <= value <= 100_000, "must be in [1, 100000]"),
+        "cf_vae_batch_size": (lambda value: 1 <= value <= 65_536, "must be in [1, 65536] "
+                              "users: a batch is users x items floats"),
+        "cf_vae_learning_rate": (lambda value: 0 < value <= 10, "must be in (0, 10]"),
+        "cf_vae_beta": (lambda value: 0 <= value <= 1000, "must be in [0, 1000]"),
+        "cf_vae_latent_dim": (lambda value: 1 <= value <= 1024, "must be in [1, 1024]"),
         "cf_recall_k": (lambda value: value <= 10_000, "must be <= 10000: recall@k ranks the "
                         "top k items of every evaluated user"),
         "demo_items": (lambda value: 1 <= value <= 1_000_000, "must be in [1, 10^6]: the demo "

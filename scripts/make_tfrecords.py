@@ -24,6 +24,7 @@ from absl import app, flags
 from cfimage.catalogue import reader as catalogue_lib
 from cfimage.errors import UserError
 from cfimage.stage1 import embedding_files
+from cfimage.stage2 import cf_targets as cf_targets_lib
 from cfimage.stage2 import data
 from cfimage.stage2 import tfrecords
 
@@ -57,7 +58,10 @@ def main(argv):
         ids, vectors = embedding_files.load_embeddings(FLAGS.cf_embeddings)
         vectors, has_vector = embedding_files.align_embeddings(catalogue.item_ids, ids, vectors,
                                                                FLAGS.cf_embeddings)
-        cf_targets, _ = data.scale_cf_targets(vectors, has_vector, FLAGS.cf_target_scale)
+        # Every item's vector fits the transform here; a training run packs its own targets
+        # (fit on its training items, cfimage/stage2/cf_targets.py) by item_id.
+        cf_targets, _ = cf_targets_lib.fit(vectors, has_vector, np.arange(n), "standardised",
+                                           FLAGS.cf_target_scale)
     else:
         has_vector = np.zeros(n, bool)
         cf_targets = np.zeros((n, 1), np.float32)

@@ -216,3 +216,61 @@ def test_the_entry_point_defines_the_same_flags():
                             timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
     assert result.returncode == 0, result.stderr[-2000:]
     assert set(parse()) <= set(result.stdout.split())
+
+
+def test_cf_model_and_target_and_loss_flags_reach_the_config(tmp_path):
+    config = config_of("--cf_model=mult_vae", "--cf_vae_epochs=7", "--cf_vae_batch_size=128",
+                       "--cf_vae_learning_rate=0.002", "--cf_vae_beta=0.5",
+                       "--cf_vae_latent_dim=16", "--cf_target=pca_whiten:8",
+                       "--cf_loss=infonce", "--cf_temperature_stage2=0.2",
+                       "--cf_loss_min_interactions=5", f"--workdir={tmp_path}")
+    assert config.stage1.two_tower == TwoTowerConfig(
+        model="mult_vae", vae_epochs=7, vae_batch_size=128, vae_learning_rate=0.002,
+        vae_beta=0.5, vae_latent_dim=16)
+    assert config.stage1.cf_target == "pca_whiten:8"
+    assert (config.stage2.cf_loss, config.stage2.cf_temperature_stage2,
+            config.stage2.cf_loss_min_interactions) == ("infonce", 0.2, 5)
+    config_lib.write_workdir(config, "")
+    saved = json.load(open(tmp_path / "config.json"))
+    assert saved["stage1"]["two_tower"]["model"] == "mult_vae"
+    assert saved["stage1"]["two_tower"]["vae_epochs"] == 7
+    assert saved["stage1"]["cf_target"] == "pca_whiten:8"
+    assert saved["stage2"]["cf_loss"] == "infonce"
+    default = config_of()
+    assert (default.stage1.two_tower.model, default.stage1.cf_target, default.stage2.cf_loss,
+            default.stage2.cf_loss_min_interactions) == ("two_tower", "standardised", "paper", 0)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--arm=contrastive", "--cf_loss=mse"], "--arm=contrastive trains a triplet loss on the CF "
+     "head; --cf_loss=mse replaces"),
+    (["--cf_loss=score", "--cf_embeddings=v.npz"], "--cf_loss=score matches the scores of "
+     "stage 1's users, but --cf_embeddings=v.npz brings no user vectors"),
+    (["--cf_user_embeddings=u.npz"], "--cf_user_embeddings=u.npz goes with --cf_embeddings"),
+])
+def test_cf_loss_contradictions_are_user_errors(argv, message):
+    with pytest.raises(UserError) as error:
+        config_of(*argv)
+    assert message in str(error.value)
+    assert config_of("--cf_loss=score", "--cf_embeddings=v.npz",
+                     "--cf_user_embeddings=u.npz").stage2.cf_loss == "score"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--cf_model=bpr"], "value should be one of <two_tower|mult_vae|svd>"),
+    (["--cf_vae_epochs=0"], "flag --cf_vae_epochs=0: must be in [1, 100000]"),
+    (["--cf_vae_batch_size=100000"], "flag --cf_vae_batch_size=100000: must be in [1, 65536]"),
+    (["--cf_vae_learning_rate=0"], "flag --cf_vae_learning_rate=0.0: must be in (0, 10]"),
+    (["--cf_vae_beta=-1"], "flag --cf_vae_beta=-1.0: must be in [0, 1000]"),
+    (["--cf_vae_latent_dim=0"], "flag --cf_vae_latent_dim=0: must be in [1, 1024]"),
+    (["--cf_target=pca_whiten:0"], "flag --cf_target=pca_whiten:0: use standardised, l2, raw "
+     "or pca_whiten:K with K >= 1"),
+    (["--cf_target=zscore"], "flag --cf_target=zscore: use standardised"),
+    (["--cf_loss=huber"], "value should be one of <paper|mse|cosine|infonce|score>"),
+    (["--cf_temperature_stage2=0"], "flag --cf_temperature_stage2=0.0: must be in [0.001, 100]"),
+    (["--cf_loss_min_interactions=-1"], "flag --cf_loss_min_interactions=-1: must be >= 0"),
+])
+def test_cf_option_bounds_stop_the_parse(argv, message):
+    with pytest.raises(flags.IllegalFlagValueError) as error:
+        parse(*argv)
+    assert message in str(error.value)

@@ -155,3 +155,46 @@ def test_paper_baselines_and_variants_run(demo_run, tmp_path, arm_flags, expecte
     # Only the arms that read --cf_weight train with it; the others say so in their log.
     assert metrics["cf_weight"] == {"contrastive": 2.0}.get(metrics["arm"], 0.0)
     assert f"λ = {metrics['cf_weight']} (the first step" in result.stdout
+
+
+@pytest.mark.parametrize("options, model, loss, stage1_line", [
+    # End to end, the paper's CF model, whitened targets, the score loss, and the export.
+    (["--cf_model=mult_vae", "--cf_vae_epochs=3", "--cf_vae_batch_size=32",
+      "--cf_target=pca_whiten:4", "--cf_loss=score"], "mult_vae", "score",
+     "recall@10 Mult-VAE"),
+    # Heads on cached features, SVD vectors, unit-length targets, InfoNCE.
+    (["--cf_model=svd", "--cf_target=l2", "--cf_loss=infonce", "--train_backbone=false",
+      "--backbone=efficientnet_lite0", "--noexport"], "svd", "infonce", "recall@10 SVD model"),
+])
+def test_cf_model_target_and_loss_options_run(tmp_path, options, model, loss, stage1_line):
+    result = run_train(TINY + [f"--workdir={tmp_path}/run", f"--export_dir={tmp_path}/saved",
+                               "--model_name=options", *options], cwd=str(tmp_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert stage1_line in result.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (metrics["stage1"]["cf_model"], metrics["cf_loss"]) == (model, loss)
+    assert metrics["test"]["macro_map"] > 0
+    scaling = json.loads((tmp_path / "run" / "cf_target.json").read_text())
+    assert scaling == metrics["cf_scaling"]
+    with np.load(tmp_path / "run" / "cf_embeddings.npz") as saved:
+        dim = saved["vectors"].shape[1]
+    with np.load(tmp_path / "run" / "user_embeddings.npz") as saved:
+        assert saved["vectors"].shape[1] == dim
+    if model != "mult_vae":
+        return
+    assert dim == 64 + 1  # decoder row + item bias
+    assert np.asarray(scaling["matrix"]).shape == (4, dim)  # 4 whitened targets -> vectors
+    export = next((tmp_path / "saved" / "options").iterdir())
+    signatures = json.loads((export / "assets.extra" / "cfimage.json").read_text())
+    assert {"embed", "similar_items", "audience"} <= set(signatures["signatures"])
+    catalogue = tmp_path / "run" / "demo_catalogue"
+    image = catalogue / (catalogue / "items.csv").read_text().splitlines()[1].split(",")[1]
+    code = textwrap.dedent(f"""
+        import tensorflow as tf
+        model = tf.saved_model.load({str(export)!r})
+        image = tf.constant([open({str(image)!r}, "rb").read()])
+        print(tuple(model.signatures["embed"](images=image)["embedding"].shape))
+    """)
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=300)
+    assert f"(1, {dim})" in shown.stdout, shown.stderr[-2000:]

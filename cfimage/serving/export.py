@@ -211,6 +211,15 @@ def export_saved_model(model, label_names, image_size, export_base, model_name, 
     image_size = tuple(int(s) for s in image_size)
     label_names = [str(name) for name in label_names]
     cf_dim = int(model.output["cf"].shape[-1])
+    # A target transform with a matrix (--cf_target=pca_whiten:K) maps the K outputs back to
+    # vectors of the tables' dimension: vector = cf · matrix · scale + mean.
+    cf_matrix = (np.asarray(cf_scaling["matrix"], np.float32)
+                 if cf_scaling is not None and "matrix" in cf_scaling else None)
+    if cf_matrix is not None:
+        if cf_matrix.ndim != 2 or cf_matrix.shape[0] != cf_dim:
+            raise ValueError(f"cf_scaling's matrix must have {cf_dim} rows (the cf output), "
+                             f"got shape {cf_matrix.shape}")
+        cf_dim = cf_matrix.shape[1]
     tables = {kind: table for kind, table in [
         ("item", _check_table("item", item_ids, item_vectors, cf_dim)),
         ("user", _check_table("user", user_ids, user_vectors, cf_dim))] if table is not None}
@@ -252,7 +261,10 @@ def export_saved_model(model, label_names, image_size, export_base, model_name, 
         return {"scores": scores, "label_names": tf.tile(names[None, :], [tf.shape(scores)[0], 1])}
 
     def embedding(images):
-        return predict_images(images)["cf"] * cf_scale + cf_mean
+        cf = predict_images(images)["cf"]
+        if cf_matrix is not None:
+            cf = tf.matmul(cf, cf_matrix)
+        return cf * cf_scale + cf_mean
 
     @tf.function(input_signature=[images_spec])
     def serving_default(images):

@@ -1,7 +1,8 @@
 """Stage 1's one held-out protocol: which (user, item) pairs are held out, which users are
-scored, and recall@k of the two-tower model against popularity and (when the fitted rows are
-in memory) a truncated-SVD recommender; its log line and TensorBoard scalars; and the saved
-metrics that let a killed stage 1 skip the held-out fit when it restarts.
+scored, and recall@k of the stage-1 model (two-tower, Mult-VAE or SVD) against popularity
+and (when the fitted rows are in memory) a truncated-SVD recommender; its log line and
+TensorBoard scalars; and the saved metrics that let a killed stage 1 skip the held-out fit
+when it restarts.
 
 The same rules hold wherever the rows come from (a pandas frame or streamed files):
   * a pair (user, item) is held out when a seeded hash of it falls below holdout_fraction
@@ -26,6 +27,7 @@ from cfimage import atomic
 from cfimage.stage1 import baselines
 
 HASH_BUCKETS = 1 << 20  # resolution of the held-out share: 1e-6
+MODEL_NAMES = {"two_tower": "two-tower", "mult_vae": "Mult-VAE", "svd": "SVD model"}
 
 
 def heldout_mask(user_ids, item_ids, fraction, seed):
@@ -43,7 +45,8 @@ def user_rank(user_ids, seed):
 
 
 def evaluate(user_vectors, item_vectors, summary, config, svd_pairs=None):
-    """Held-out recall@k of the two-tower model, popularity and (with `svd_pairs`) SVD.
+    """Held-out recall@k of the stage-1 model (its user . item scores: the two-tower, or a
+    model of cfimage/stage1/matrix.py), popularity and (with `svd_pairs`) SVD.
 
     user_vectors / item_vectors: the held-out fit's tables, rows aligned with summary.users /
     summary.items. Candidates are the items of the held-out fit's rows; popularity is their
@@ -94,13 +97,14 @@ def report_holdout(metrics, config, log, writer):
     k = config.recall_k
     svd = (f" vs SVD {metrics[f'svd_recall@{k}']:.3f}" if f"svd_recall@{k}" in metrics
            else " (SVD baseline skipped: the rows are streamed)")
-    log(f"stage 1: recall@{k} two-tower {metrics[f'recall@{k}']:.3f}{svd} vs popularity "
+    model = MODEL_NAMES.get(config.model, config.model)
+    log(f"stage 1: recall@{k} {model} {metrics[f'recall@{k}']:.3f}{svd} vs popularity "
         f"{metrics[f'popularity_recall@{k}']:.3f} (n_users={metrics['n_eval_users']}, "
         f"n_heldout={metrics['n_heldout']}, n_train={metrics['n_train']}, fitted on "
         f"{metrics['n_fitted']})")
     if writer is not None:
         with writer.as_default():
-            for name, key in [("two_tower", f"recall@{k}"), ("svd", f"svd_recall@{k}"),
+            for name, key in [(config.model, f"recall@{k}"), ("svd", f"svd_recall@{k}"),
                               ("popularity", f"popularity_recall@{k}")]:
                 if key in metrics:
                     tf.summary.scalar(f"stage1/recall@{k}/{name}", metrics[key], step=0)

@@ -84,6 +84,20 @@ def train_two_tower(interactions, item_ids, config, log=print, tensorboard_dir=N
                            svd_pairs=rows.svd_pairs())
 
 
+def train_model(interactions, item_ids, config, log=print, tensorboard_dir=None,
+                backup_dir=None):
+    """train_two_tower for config.model == "two_tower"; the Mult-VAE or SVD model
+    (cfimage/stage1/matrix.py) on the same rows otherwise. Returns a two_tower.CFResult."""
+    if config.model == "two_tower":
+        return train_two_tower(interactions, item_ids, config, log=log,
+                               tensorboard_dir=tensorboard_dir, backup_dir=backup_dir)
+    from cfimage.stage1 import matrix
+    config.validate()
+    rows = Rows(clean_interactions(interactions), config)
+    return matrix.train(rows, item_ids, config, log=log, tensorboard_dir=tensorboard_dir,
+                        backup_dir=backup_dir)
+
+
 def holdout_metrics(interactions, config, log=print):
     """Only the held-out evaluation of train_two_tower (no refit): a dict of metrics.
 

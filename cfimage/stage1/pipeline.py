@@ -3,7 +3,8 @@
 `run_stage1` is what `cfimage.train` calls. It
   * loads a user's own vectors (`--cf_embeddings`), or
   * reuses a finished stage 1 of the same settings in this workdir, or
-  * trains the TFRS two-tower model (in memory or streaming the log) and writes
+  * trains the stage-1 model (--cf_model: the TFRS two-tower, in memory or streaming the
+    log; or Mult-VAE or SVD on the log in memory, cfimage/stage1/matrix.py) and writes
     cf_embeddings.npz, user_embeddings.npz and cf_stage1.json into the workdir,
 resuming from <workdir>/stage1_backup when a run with the same settings was killed.
 It also writes the TensorBoard projector view of the vectors.
@@ -19,6 +20,10 @@ import numpy as np
 from cfimage import atomic
 from cfimage.errors import UserError
 from cfimage.stage1 import embedding_files, scan
+
+MODEL_TITLES = {"two_tower": "two-tower retrieval model (TFRS)",
+                "mult_vae": "Mult-VAE with item bias (the paper's CF model)",
+                "svd": "truncated-SVD item factors"}
 
 
 @dataclasses.dataclass
@@ -94,6 +99,10 @@ def run_stage1(catalogue, spec, listed_ids, config, stream_config, workdir, outd
         tensorboard_dir = os.path.join(workdir, "tensorboard", "stage1")
         # Imported here: TFRS (and tf_keras) load only when stage 1 trains.
         from cfimage.stage1 import memory, stream
+        if streaming and config.model != "two_tower":
+            raise UserError(f"--cf_model={config.model} fits the user x item matrix in "
+                            f"memory; this log is streamed ({stream_why}): use "
+                            "--stream_interactions=false, or --cf_model=two_tower")
         if streaming:
             log(f"stage 1: two-tower retrieval model (TFRS), streaming the interactions "
                 f"({stream_why})")
@@ -102,9 +111,9 @@ def run_stage1(catalogue, spec, listed_ids, config, stream_config, workdir, outd
                 summary, catalogue.item_ids, config, stream_config, log=log,
                 tensorboard_dir=tensorboard_dir, backup_dir=backup)
         else:
-            log(f"stage 1: two-tower retrieval model (TFRS) on {len(catalogue.interactions)} "
+            log(f"stage 1: {MODEL_TITLES[config.model]} on {len(catalogue.interactions)} "
                 "interactions")
-            result = memory.train_two_tower(
+            result = memory.train_model(
                 catalogue.interactions, catalogue.item_ids, config, log=log,
                 tensorboard_dir=tensorboard_dir, backup_dir=backup)
         vectors, has_vector, metrics = result.vectors, result.has_vector, result.metrics
@@ -121,6 +130,26 @@ def run_stage1(catalogue, spec, listed_ids, config, stream_config, workdir, outd
         [{"item_id": i, "labels": "|".join(n for n, on in zip(catalogue.label_names, row) if on)}
          for i, row in zip(catalogue.item_ids[has_vector], catalogue.labels[has_vector])])
     return Stage1Output(vectors, has_vector, metrics, source, summary)
+
+
+def user_vectors(workdir, stage1_config, dim):
+    """Stage 1's user table (n_users, dim) for the score loss: --cf_user_embeddings, or the
+    user_embeddings.npz this workdir's stage 1 wrote; None for --cf_embeddings alone."""
+    path = stage1_config.cf_user_embeddings
+    if path is None and not stage1_config.cf_embeddings:
+        path = os.path.join(workdir, "user_embeddings.npz")
+    if path is None or not os.path.isfile(path):
+        if stage1_config.cf_user_embeddings:
+            raise UserError(f"--cf_user_embeddings={path}: no such file")
+        return None
+    try:
+        _, vectors = embedding_files.load_embeddings(path)
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    if vectors.shape[1] != dim:
+        raise UserError(f"{path}: user vectors of dimension {vectors.shape[1]}, but the item "
+                        f"vectors have {dim}: pass the user table of the same stage-1 run")
+    return vectors
 
 
 def _read_aligned(item_ids, path, log):

@@ -39,6 +39,7 @@ from cfimage.errors import UserError
 from cfimage.stage1 import holdout
 
 STEPS_PER_EXECUTION = 16  # training steps per call of the train function (see `fit`)
+MODELS = ("two_tower", "mult_vae", "svd")  # TwoTowerConfig.model
 
 
 @dataclasses.dataclass
@@ -75,6 +76,19 @@ class TwoTowerConfig:
     svd_baseline: bool = True  # Also score a truncated-SVD recommender (rows in memory only).
     svd_rank: int = 32  # Best of 8-256 on MovieLens (0.238; 40: 0.239, 64: 0.227).
     seed: int = 0
+    # The stage-1 model (cfimage/stage1/matrix.py for the others): two_tower (this module),
+    # mult_vae (the paper's Mult-VAE with item bias) or svd (truncated-SVD item factors).
+    # embedding_dim is every model's vector size (Mult-VAE: the decoder's hidden layer; its
+    # vectors add the item bias, embedding_dim + 1).
+    model: str = "two_tower"
+    # Mult-VAE, the official recipe of the paper's code (facebookresearch/
+    # collaborative_image_understanding, configs/train_recommender.yaml): bottleneck 32,
+    # Adam 0.01, batch 4096 users, 100 epochs, β = 1.
+    vae_latent_dim: int = 32
+    vae_epochs: int = 100
+    vae_batch_size: int = 4096
+    vae_learning_rate: float = 0.01
+    vae_beta: float = 1.0
 
     def validate(self):
         checks = [
@@ -91,6 +105,12 @@ class TwoTowerConfig:
             (self.min_rating is None or np.isfinite(self.min_rating),
              "min_rating must be None or a finite number"),
             (self.svd_rank >= 1, "svd_rank must be >= 1"),
+            (self.model in MODELS, f"model must be one of {', '.join(MODELS)}"),
+            (self.vae_latent_dim >= 1, "vae_latent_dim must be >= 1"),
+            (self.vae_epochs >= 1, "vae_epochs must be >= 1"),
+            (self.vae_batch_size >= 1, "vae_batch_size must be >= 1"),
+            (self.vae_learning_rate > 0, "vae_learning_rate must be > 0"),
+            (self.vae_beta >= 0, "vae_beta must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -288,15 +308,7 @@ def train(summary, make_dataset, item_ids, config, log=print, tensorboard_dir=No
     if summary.full.n_rows == 0:
         raise ValueError(f"min_rating={config.min_rating} drops all {summary.n_rows} "
                          "interactions")
-    row_of = {item: row for row, item in enumerate(summary.items.tolist())}
-    catalogue_rows = np.array([row_of.get(item, -1) for item in catalogue.tolist()], np.int64)
-    catalogue_counts = np.where(catalogue_rows >= 0,
-                                summary.full.item_counts[np.maximum(catalogue_rows, 0)], 0)
-    if not (catalogue_counts > 0).any():
-        raise ValueError(
-            f"no catalogue item has any interaction (catalogue ids look like "
-            f"{catalogue[:3].tolist()}, log item ids like "
-            f"{summary.item_counts.index[:3].tolist()})")
+    catalogue_rows, catalogue_counts = catalogue_table(summary, catalogue)
     writer = tf.summary.create_file_writer(tensorboard_dir) if tensorboard_dir else None
     metrics = dict(metrics or {}, n_interactions=summary.n_rows, n_users=len(summary.users),
                    n_log_items=len(summary.item_counts))
@@ -318,18 +330,40 @@ def train(summary, make_dataset, item_ids, config, log=print, tensorboard_dir=No
     metrics.update({"final_loss": losses[-1], "full_fit_seconds": seconds,
                     "full_fit_interactions_per_second":
                         summary.full.n_rows * config.epochs / seconds})
-    has_vector = catalogue_counts >= config.min_interactions
-    items = model.item_model.embeddings.numpy()
-    vectors = np.where(has_vector[:, None], items[np.maximum(catalogue_rows, 0)], 0.0)
-    metrics["n_items_with_vector"] = int(has_vector.sum())
-    log(f"stage 1: vectors for {int(has_vector.sum())}/{len(catalogue)} catalogue items "
-        f"(min_interactions={config.min_interactions}), d={config.embedding_dim}")
     if writer is not None:
         writer.flush()
+    return catalogue_result(summary, catalogue, catalogue_rows, catalogue_counts,
+                            model.item_model.embeddings.numpy(),
+                            model.user_model.embeddings.numpy(), config, metrics, log)
+
+
+def catalogue_table(summary, catalogue):
+    """(row of each catalogue item in the summary's item table, -1 if absent; its fitted
+    rows), or ValueError when no catalogue item is in the log."""
+    row_of = {item: row for row, item in enumerate(summary.items.tolist())}
+    catalogue_rows = np.array([row_of.get(item, -1) for item in catalogue.tolist()], np.int64)
+    catalogue_counts = np.where(catalogue_rows >= 0,
+                                summary.full.item_counts[np.maximum(catalogue_rows, 0)], 0)
+    if not (catalogue_counts > 0).any():
+        raise ValueError(
+            f"no catalogue item has any interaction (catalogue ids look like "
+            f"{catalogue[:3].tolist()}, log item ids like "
+            f"{summary.item_counts.index[:3].tolist()})")
+    return catalogue_rows, catalogue_counts
+
+
+def catalogue_result(summary, catalogue, catalogue_rows, catalogue_counts, item_table,
+                     user_table, config, metrics, log):
+    """The CFResult of the final fit's tables: catalogue items with fewer than
+    min_interactions fitted rows get zeros and has_vector False."""
+    has_vector = catalogue_counts >= config.min_interactions
+    vectors = np.where(has_vector[:, None], item_table[np.maximum(catalogue_rows, 0)], 0.0)
+    metrics["n_items_with_vector"] = int(has_vector.sum())
+    log(f"stage 1: vectors for {int(has_vector.sum())}/{len(catalogue)} catalogue items "
+        f"(min_interactions={config.min_interactions}), d={item_table.shape[1]}")
     return CFResult(item_ids=catalogue, vectors=vectors.astype(np.float32),
                     has_vector=has_vector, user_ids=summary.users,
-                    user_vectors=model.user_model.embeddings.numpy().astype(np.float32),
-                    metrics=metrics)
+                    user_vectors=np.asarray(user_table, np.float32), metrics=metrics)
 
 
 def holdout_fit(summary, make_dataset, config, log, writer, backup_dir, svd_pairs):

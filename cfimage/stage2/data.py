@@ -346,22 +346,6 @@ def mask_labels(labelled, train_indices, label_ratio, seed):
     return labelled
 
 
-def scale_cf_targets(vectors, has_vector, target_rms):
-    """Centres the CF vectors and scales them to `target_rms` per dimension.
-
-    Two-tower vectors have no fixed scale; the exponential CF loss needs
-    targets near the initial predictions (docs/method.md, "Weak spots"). Returns the
-    targets (zeros where there is no vector) and the scaling, so that
-    vector = target * scale + mean.
-    """
-    present = vectors[has_vector].astype(np.float64)
-    mean = present.mean(axis=0)
-    rms = float(np.sqrt(np.mean((present - mean) ** 2))) or 1.0
-    scale = rms / target_rms
-    targets = np.where(has_vector[:, None], (vectors - mean) / scale, 0.0).astype(np.float32)
-    return targets, {"mean": mean.tolist(), "scale": scale}
-
-
 def nearest_cf_neighbours(targets, has_vector, chunk=2048):
     """Index of each item's nearest other item in CF space (Euclidean); -1 without a vector."""
     candidates = np.flatnonzero(has_vector)

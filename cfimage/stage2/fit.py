@@ -29,13 +29,14 @@ def make_optimizer(name, learning_rate, weight_decay, clipnorm, total_steps):
 
 
 def compile_model(model, optimizer, label_loss, arm, label_weight, cf_weight, jit_compile,
-                  triplet_margin=0.25):
+                  triplet_margin=0.25, cf_loss=None):
     """Compiles the two-headed model: L = label_weight·L_labels + cf_weight·L_cf, with the CF
-    loss of `arm` (a name in arms.ARMS)."""
+    loss of `arm` (a name in arms.ARMS), or `cf_loss` (a keras loss of --cf_loss,
+    losses.make_cf_loss) in place of the reconstruction loss."""
     if arms.get(arm).cf_loss == arms.TRIPLET:
         cf_loss, cf_metrics = losses.CFTripletLoss(triplet_margin), []
     else:
-        cf_loss = losses.CFReconstructionLoss()
+        cf_loss = cf_loss or losses.CFReconstructionLoss()
         cf_metrics = [losses.CFError("mse", name="mse"), losses.CFError("l1", name="l1")]
     model.compile(optimizer=optimizer,
                   loss={"labels": label_loss, "cf": cf_loss},

@@ -9,8 +9,10 @@ import os
 
 import numpy as np
 
+from cfimage import atomic
 from cfimage.errors import UserError
 from cfimage.stage2 import arms, confidence, data, tfrecords
+from cfimage.stage2 import cf_targets as cf_targets_lib
 
 
 @dataclasses.dataclass
@@ -23,15 +25,16 @@ class Stage2Inputs:
     train: object  # tf.data.Dataset of (pixels, {"labels", "cf"}) batches; None when stage 2
     validation: object  # reads no images (cached features without fine-tuning)
     test: object
+    # The keras loss of --cf_loss (cfimage/stage2/losses.py); None: the arm's own.
+    cf_loss: object = None
 
 
 def prepare(catalogue, vectors, has_vector, stage2, cf_target_scale, task, global_batch,
-            outdir, count_interactions, log=print):
+            outdir, count_interactions, log=print, cf_target="standardised", load_users=None):
     """The Stage2Inputs of a run with the Stage2Config `stage2` (cfimage/config.py).
-    `count_interactions()` gives the interactions per item, called only for sqrt weights."""
-    cf_targets, cf_scaling = data.scale_cf_targets(vectors, has_vector, cf_target_scale)
-    log(f"CF targets: {int(has_vector.sum())}/{catalogue.num_items} items have a vector "
-        f"(dim {vectors.shape[1]}); the others are masked in the CF loss")
+    `count_interactions()` gives the interactions per item, called only for sqrt weights or
+    --cf_loss_min_interactions; `load_users()` stage 1's user vectors (or None), called only
+    for --cf_loss=score. `cf_target` is --cf_target (cfimage/stage2/cf_targets.py)."""
     multi_label = catalogue.multi_label if task == "auto" else task == "multi_label"
 
     # Split and label masking (one seed: every arm of a seed sees the same ones).
@@ -48,12 +51,29 @@ def prepare(catalogue, vectors, has_vector, stage2, cf_target_scale, task, globa
     for note in data.split_class_notes(catalogue.labels, labelled, splits, catalogue.label_names):
         log(note)
 
+    # CF targets: the --cf_target transform, fit on the training items only.
+    cf_targets, cf_scaling = cf_targets_lib.fit(vectors, has_vector, train_rows, cf_target,
+                                                cf_target_scale)
+    os.makedirs(outdir, exist_ok=True)
+    atomic.write_json(os.path.join(outdir, "cf_target.json"), cf_scaling)
+    log(f"CF targets ({cf_target}, fit on {cf_scaling['fit_items']} training items): "
+        f"{int(has_vector.sum())}/{catalogue.num_items} items have a vector (dim "
+        f"{vectors.shape[1]} -> {cf_targets.shape[1]}); the others are masked in the CF loss")
+
     # The CF loss of the arm: its per-item weights and, for the triplet loss, its positives.
     kind = stage2.cf_confidence
+    min_interactions = stage2.cf_loss_min_interactions
+    counts = count_interactions() if kind == "sqrt" or min_interactions > 1 else None
     weights = confidence.confidence_weights(
-        kind, has_vector, interaction_counts=count_interactions() if kind == "sqrt" else None,
+        kind, has_vector, interaction_counts=counts,
         vectors=vectors, labels=catalogue.labels, labelled=labelled, train_rows=train_rows,
         seed=stage2.seed)
+    if min_interactions > 1:  # the arm's own item filter, on top of stage 1's
+        kept = has_vector & (counts >= min_interactions)
+        weights = np.where(kept, weights, 0.0).astype(np.float32)
+        log(f"CF loss on items with >= {min_interactions} interactions "
+            f"(--cf_loss_min_interactions): {int(kept[train_rows].sum())}/"
+            f"{int(has_vector[train_rows].sum())} training items with a vector")
     if kind != "uniform":
         log(f"CF confidence weights ({kind}): training items "
             f"{weights[train_rows][has_vector[train_rows]].min():.2f}.."
@@ -65,9 +85,11 @@ def prepare(catalogue, vectors, has_vector, stage2, cf_target_scale, task, globa
         cf_for_loss = np.where(neighbours[:, None] >= 0, cf_targets[neighbours], 0.0)
         weights = np.where(neighbours >= 0, weights, 0.0).astype(np.float32)
     targets = data.pack_targets(catalogue.labels, labelled, cf_for_loss, weights)
+    cf_loss = make_cf_loss(stage2, cf_scaling, load_users)
 
     if not (stage2.train_backbone or stage2.finetune_epochs):
-        return Stage2Inputs(splits, labelled, multi_label, cf_scaling, targets, None, None, None)
+        return Stage2Inputs(splits, labelled, multi_label, cf_scaling, targets, None, None, None,
+                            cf_loss=cf_loss)
     shards = stage2.tfrecords or _shards_when_too_big(catalogue, targets, stage2, outdir, log)
 
     def dataset(name, training):
@@ -82,7 +104,27 @@ def prepare(catalogue, vectors, has_vector, stage2, cf_target_scale, task, globa
 
     return Stage2Inputs(splits, labelled, multi_label, cf_scaling, targets,
                         dataset("train", True),
-                        dataset("validation", False), dataset("test", False))
+                        dataset("validation", False), dataset("test", False), cf_loss=cf_loss)
+
+
+def make_cf_loss(stage2, cf_scaling, load_users):
+    """The keras loss of --cf_loss (None: the arm's own, the paper's reconstruction loss or
+    the contrastive arm's triplet loss). score reads stage 1's user vectors (`load_users()`),
+    mapped into target space."""
+    kind = stage2.cf_loss
+    if kind == "paper" or stage2.arm_spec.cf_loss == arms.TRIPLET:
+        return None
+    from cfimage.stage2 import losses  # Keras 3
+    moment = None
+    if kind == "score":
+        users = load_users() if load_users else None
+        if users is None:
+            raise UserError("--cf_loss=score matches the scores of stage 1's users, but this "
+                            "run has no user vectors (--cf_embeddings without "
+                            "--cf_user_embeddings): pass the user table of the same stage-1 "
+                            "run as --cf_user_embeddings, or use another --cf_loss")
+        moment = losses.user_moment(cf_targets_lib.users_in_target_space(users, cf_scaling))
+    return losses.make_cf_loss(kind, stage2.cf_temperature_stage2, moment)
 
 
 def _shards_when_too_big(catalogue, targets, stage2, outdir, log):

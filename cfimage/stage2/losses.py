@@ -156,3 +156,118 @@ class CFTripletLoss(keras.losses.Loss):
 
     def get_config(self):
         return {"margin": self.margin, "name": self.name}
+
+
+# --- The CF-loss options (--cf_loss; docs/method.md, "CF target and loss options"). Each reads
+# y_true = [target (d), weight (1)] like CFReconstructionLoss: a weight of 0 masks the item.
+
+CF_LOSSES = ("paper", "mse", "cosine", "infonce", "score")
+
+
+def _weighted_mean(per_item, weight):
+    return ops.sum(per_item * weight) / ops.maximum(ops.sum(weight), EPSILON)
+
+
+def _unit(x):
+    return x / ops.maximum(ops.sqrt(ops.sum(x * x, axis=1, keepdims=True)), EPSILON)
+
+
+@keras.saving.register_keras_serializable("cfimage")
+class CFMeanSquaredLoss(keras.losses.Loss):
+    """Σ w_i MSE_i / Σ w_i: the squared error alone, without the paper's exp() and L1."""
+
+    def __init__(self, name="cf_mse", **kwargs):
+        super().__init__(name=name, reduction="sum_over_batch_size", **kwargs)
+
+    def call(self, y_true, y_pred):
+        mse, _, weight = cf_item_error(y_true, y_pred)
+        return _weighted_mean(mse, weight)
+
+
+@keras.saving.register_keras_serializable("cfimage")
+class CFCosineLoss(keras.losses.Loss):
+    """Σ w_i (1 − cos(prediction_i, target_i)) / Σ w_i: direction only, not length."""
+
+    def __init__(self, name="cf_cosine", **kwargs):
+        super().__init__(name=name, reduction="sum_over_batch_size", **kwargs)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "float32")
+        target, weight = y_true[:, :-1], y_true[:, -1]
+        cosine = ops.sum(_unit(ops.cast(y_pred, "float32")) * _unit(target), axis=1)
+        return _weighted_mean(1.0 - cosine, weight)
+
+
+@keras.saving.register_keras_serializable("cfimage")
+class CFInfoNCELoss(keras.losses.Loss):
+    """In-batch InfoNCE between the CF head's output (a projection of the image embedding)
+    and the items' CF vectors: logits_ij = cos(prediction_i, target_j) / temperature, and
+    item i's loss is the cross-entropy of picking its own target j = i among the batch's
+    targets. Items without a vector (weight 0) are neither anchors nor candidates; the anchors'
+    losses are averaged with their weights."""
+
+    def __init__(self, temperature=0.1, name="cf_infonce", **kwargs):
+        super().__init__(name=name, reduction="sum_over_batch_size", **kwargs)
+        self.temperature = float(temperature)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "float32")
+        target, weight = y_true[:, :-1], y_true[:, -1]
+        logits = ops.matmul(_unit(ops.cast(y_pred, "float32")),
+                            ops.transpose(_unit(target))) / self.temperature
+        candidate = ops.cast(weight > 0, "float32")[None, :]
+        logits = logits * candidate - 1e9 * (1.0 - candidate)  # masked items: no candidates
+        per_item = -ops.diagonal(ops.log_softmax(logits, axis=1))
+        return _weighted_mean(per_item, weight)
+
+    def get_config(self):
+        return {"temperature": self.temperature, "name": self.name}
+
+
+@keras.saving.register_keras_serializable("cfimage")
+class CFScoreLoss(keras.losses.Loss):
+    """DropoutNet-style score matching: the predicted vector p should score users as the true
+    vector t does. Per item: E_u[(u·p − u·t)²] / E_u[‖u‖²] over the users u of stage 1's user
+    table (in target space, cf_targets.users_in_target_space), i.e. (p − t)ᵀ S (p − t) / tr S
+    with S = E_u[u uᵀ] (`user_moment`, d x d): the expectation of sampling users for every
+    item, without the sampling noise. With S ∝ I it is the squared error summed over
+    dimensions / d = the MSE. Weighted mean over the items with a vector."""
+
+    def __init__(self, user_moment, name="cf_score", **kwargs):
+        super().__init__(name=name, reduction="sum_over_batch_size", **kwargs)
+        moment = np.asarray(user_moment, np.float64)
+        self.user_moment = (moment / max(np.trace(moment), EPSILON)).tolist()
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "float32")
+        target, weight = y_true[:, :-1], y_true[:, -1]
+        difference = ops.cast(y_pred, "float32") - target
+        moment = ops.convert_to_tensor(self.user_moment, "float32")
+        per_item = ops.sum(ops.matmul(difference, moment) * difference, axis=1)
+        return _weighted_mean(per_item, weight)
+
+    def get_config(self):
+        return {"user_moment": self.user_moment, "name": self.name}
+
+
+def user_moment(user_vectors):
+    """S = E_u[u uᵀ] of a user table (n, d) for CFScoreLoss."""
+    users = np.asarray(user_vectors, np.float64)
+    return users.T @ users / max(len(users), 1)
+
+
+def make_cf_loss(kind, temperature=0.1, user_moment=None):
+    """The keras loss of --cf_loss=`kind` (a name in CF_LOSSES); score needs `user_moment`."""
+    if kind == "paper":
+        return CFReconstructionLoss()
+    if kind == "mse":
+        return CFMeanSquaredLoss()
+    if kind == "cosine":
+        return CFCosineLoss()
+    if kind == "infonce":
+        return CFInfoNCELoss(temperature)
+    if kind == "score":
+        if user_moment is None:
+            raise ValueError("the score loss needs the users' second-moment matrix")
+        return CFScoreLoss(user_moment)
+    raise ValueError(f"unknown CF loss {kind!r}; choose one of {', '.join(CF_LOSSES)}")

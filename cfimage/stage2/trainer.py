@@ -82,13 +82,17 @@ def sync_batchnorm(model, stage2, runtime, log):
 
 
 def label_loss(catalogue, inputs):
-    """The label loss of the run: positive-weighted masked BCE (multi-label) or masked
-    cross-entropy, with the class weights of the labelled training items."""
+    """The losses of the run by head: {"labels": positive-weighted masked BCE (multi-label)
+    or masked cross-entropy, with the class weights of the labelled training items; "cf": the
+    --cf_loss of inputs.cf_loss (None: the arm's)}. compile_phase takes this dict (or a label
+    loss alone)."""
     train_rows = inputs.splits["train"]
     if not inputs.multi_label:
-        return losses.MaskedCrossEntropy()
-    return losses.MaskedWeightedBCE(losses.positive_weights(
-        catalogue.labels[train_rows], inputs.labelled[train_rows]))
+        labels = losses.MaskedCrossEntropy()
+    else:
+        labels = losses.MaskedWeightedBCE(losses.positive_weights(
+            catalogue.labels[train_rows], inputs.labelled[train_rows]))
+    return {"labels": labels, "cf": getattr(inputs, "cf_loss", None)}
 
 
 def compile_phase(model, stage2, runtime, loss, total_steps, label_weight, cf_weight,
@@ -97,8 +101,10 @@ def compile_phase(model, stage2, runtime, loss, total_steps, label_weight, cf_we
     `total_steps`, at `learning_rate` (default: the run's, scaled by the replicas)."""
     optimizer = fit.make_optimizer(stage2.optimizer, learning_rate or runtime.learning_rate,
                                    stage2.weight_decay, stage2.clipnorm, total_steps)
-    fit.compile_model(model, optimizer, loss, stage2.arm, label_weight, cf_weight,
-                      runtime.jit_compile, triplet_margin=stage2.triplet_margin)
+    by_head = loss if isinstance(loss, dict) else {"labels": loss}
+    fit.compile_model(model, optimizer, by_head["labels"], stage2.arm, label_weight, cf_weight,
+                      runtime.jit_compile, triplet_margin=stage2.triplet_margin,
+                      cf_loss=by_head.get("cf"))
 
 
 def pretrain(model, train, validation, stage2, runtime, loss, steps_per_epoch, path, log):

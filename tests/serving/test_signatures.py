@@ -17,7 +17,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from cfimage.stage2 import data
+from cfimage.stage2 import cf_targets, data
 from cfimage.serving import export
 from cfimage.stage2 import model as model_lib
 
@@ -128,7 +128,8 @@ def served(tmp_path_factory):
     user_vectors = rng.normal(0.0, 1.0, size=(25, CF_DIM)).astype(np.float32)
     item_ids = np.array([f"item-{i}" for i in range(40)])
     user_ids = np.array([f"user-{i}" for i in range(25)])
-    _, cf_scaling = data.scale_cf_targets(item_vectors, np.ones(40, bool), 0.5)
+    _, cf_scaling = cf_targets.fit(item_vectors, np.ones(40, bool), np.arange(40),
+                                   "standardised", 0.5)
     path = export.export_saved_model(
         model, LABELS, SIZE, str(work / "saved"), "demo", cf_scaling=cf_scaling,
         item_ids=item_ids, item_vectors=item_vectors, user_ids=user_ids,

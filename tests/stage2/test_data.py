@@ -37,19 +37,6 @@ def test_label_ratio_masks_only_training_items():
         data.mask_labels(labelled, train, 0.0, seed=0)
 
 
-def test_cf_targets_are_centred_scaled_and_zero_where_missing():
-    rng = np.random.default_rng(0)
-    vectors = rng.normal(5.0, 3.0, size=(50, 4)).astype(np.float32)
-    has = np.ones(50, bool)
-    has[:5] = False
-    targets, scaling = data.scale_cf_targets(vectors, has, 0.5)
-    assert np.all(targets[:5] == 0)
-    np.testing.assert_allclose(targets[has].mean(axis=0), 0, atol=1e-5)
-    assert np.sqrt(np.mean(targets[has] ** 2)) == pytest.approx(0.5, rel=1e-4)
-    restored = targets[has] * scaling["scale"] + np.array(scaling["mean"])
-    np.testing.assert_allclose(restored, vectors[has], rtol=1e-4)
-
-
 def test_decode_and_resize_handles_png_jpeg_and_greyscale():
     pixels = np.random.default_rng(0).integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
     for encoded in (tf.io.encode_png(pixels), tf.io.encode_jpeg(pixels),

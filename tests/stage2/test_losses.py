@@ -80,3 +80,65 @@ def test_triplet_loss_by_hand():
     y_true[1, 2] = 0
     assert math.isclose(float(losses.CFTripletLoss(margin=1.0)(y_true, y_pred)), 0.0,
                         abs_tol=1e-7)
+
+
+# --- The --cf_loss options on a 3-item batch, by hand -----------------------------------------
+PRED = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)
+TARGET = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 3.0]], np.float32)
+
+
+def _y(weights):
+    return np.concatenate([TARGET, np.array(weights, np.float32)[:, None]], axis=1)
+
+
+@pytest.mark.parametrize("weights, expected", [
+    # per-item MSE: 0, ((0-1)² + (1-0)²)/2 = 1, (1 + 4)/2 = 2.5
+    ([1, 1, 0], 0.5), ([1, 2, 1], (0 + 2 + 2.5) / 4), ([0, 0, 0], 0.0)])
+def test_mse_loss_by_hand(weights, expected):
+    assert float(losses.CFMeanSquaredLoss()(_y(weights), PRED)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("weights, expected", [
+    # 1 - cos: 0, 1, 1 - 1/√2
+    ([1, 1, 0], 0.5), ([1, 2, 1], (0 + 2 + 1 - 1 / np.sqrt(2)) / 4), ([0, 0, 0], 0.0)])
+def test_cosine_loss_by_hand(weights, expected):
+    assert float(losses.CFCosineLoss()(_y(weights), PRED)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_infonce_loss_by_hand():
+    # Unit predictions (1,0), (0,1), (1,1)/√2; unit targets (1,0), (1,0), (0,1).
+    # Cosines: row 0 [1, 1, 0], row 1 [0, 0, 1], row 2 [1/√2, 1/√2, 1/√2].
+    row0 = np.log(2 * np.e + 1) - 1  # -log(e / (e + e + 1))
+    row1 = np.log(2 + np.e)  # -log(1 / (1 + 1 + e))
+    row2 = np.log(3)
+    loss = losses.CFInfoNCELoss(temperature=1.0)
+    assert float(loss(_y([1, 1, 1]), PRED)) == pytest.approx((row0 + row1 + row2) / 3, rel=1e-5)
+    # Item 2 masked: neither an anchor nor a candidate; rows 0, 1 see cosines [1, 1], [0, 0].
+    assert float(loss(_y([1, 1, 0]), PRED)) == pytest.approx(np.log(2), rel=1e-5)
+    # Temperature 0.5 doubles the logits: row 0 over [2, 2] is still log 2; row 1 [0, 0] too.
+    halved = losses.CFInfoNCELoss(0.5)
+    assert float(halved(_y([1, 1, 0]), PRED)) == pytest.approx(np.log(2), rel=1e-5)
+    assert float(loss(_y([0, 0, 0]), PRED)) == 0.0
+
+
+def test_score_loss_by_hand():
+    # Users (1, 0) and (0, 2): E[u uᵀ] = diag(0.5, 2), trace 2.5. Differences p - t:
+    # (0, 0); (-1, 1): E[(u·d)²] = (1 + 4)/2 = 2.5 -> 1.0; (1, -2): (1 + 16)/2 = 8.5 -> 3.4.
+    moment = losses.user_moment(np.array([[1.0, 0.0], [0.0, 2.0]]))
+    np.testing.assert_allclose(moment, [[0.5, 0.0], [0.0, 2.0]])
+    loss = losses.CFScoreLoss(moment)
+    assert float(loss(_y([1, 2, 1]), PRED)) == pytest.approx((0 + 2 * 1.0 + 3.4) / 4, rel=1e-6)
+    assert float(loss(_y([1, 1, 0]), PRED)) == pytest.approx(0.5, rel=1e-6)
+    # Isotropic users: the MSE.
+    iso = losses.CFScoreLoss(np.eye(2))
+    assert float(iso(_y([1, 2, 1]), PRED)) == pytest.approx(
+        float(losses.CFMeanSquaredLoss()(_y([1, 2, 1]), PRED)), rel=1e-6)
+
+
+def test_make_cf_loss():
+    assert isinstance(losses.make_cf_loss("paper"), losses.CFReconstructionLoss)
+    assert losses.make_cf_loss("infonce", temperature=0.2).temperature == 0.2
+    with pytest.raises(ValueError, match="second-moment"):
+        losses.make_cf_loss("score")
+    with pytest.raises(ValueError, match="unknown CF loss"):
+        losses.make_cf_loss("huber")
