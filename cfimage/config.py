@@ -64,6 +64,8 @@ class Stage2Config:
     cf_confidence: str  # the CF-loss weighting the arm trains with
     pretrain_epochs: int  # two_stage: epochs of the CF-only phase
     triplet_margin: float  # contrastive
+    cf_input_dropout: float  # hybrid arms: share of training items whose CF input is zeroed
+    warm_buckets: tuple  # interaction-count edges of the warm test items' mAP buckets
     backbone: str
     weights: str
     image_size: tuple  # (height, width)
@@ -162,6 +164,19 @@ def parse_split(values):
     return fractions
 
 
+def parse_warm_buckets(values):
+    """--warm_buckets -> increasing interaction counts >= 1 (UserError otherwise)."""
+    shown = ",".join(str(v) for v in values)
+    try:
+        edges = tuple(int(v) for v in values)
+    except ValueError:
+        edges = ()
+    if not edges or min(edges) < 1 or list(edges) != sorted(set(edges)):
+        raise UserError(f"--warm_buckets={shown}: give increasing interaction counts >= 1, "
+                        "e.g. 1,10,100,1000 (buckets 1-9, 10-99, 100-999, 1000+)")
+    return edges
+
+
 def from_flags(flags):
     """The RunConfig of parsed absl `flags` (cfimage/train_flags.py). Raises UserError for a
     value that cannot run, before any data is read or any model trained."""
@@ -221,6 +236,8 @@ def from_flags(flags):
             arm=arm.name, cf_weight=arm.cf_weight(flags.cf_weight),
             cf_confidence=arm.confidence_weighting(flags.cf_confidence),
             pretrain_epochs=flags.pretrain_epochs, triplet_margin=flags.triplet_margin,
+            cf_input_dropout=flags.cf_input_dropout,
+            warm_buckets=parse_warm_buckets(flags.warm_buckets),
             backbone=flags.backbone, weights=flags.weights,
             image_size=parse_image_size(flags.image_size), dropout=flags.dropout,
             batch_size=flags.batch_size, epochs=flags.epochs, optimizer=flags.optimizer,
