@@ -210,6 +210,12 @@ def compose(backbone, heads, name=None):
 def image_path(model):
     """The label scores of a hybrid model's image path alone (its own layers, no CF branch):
     a model of the image input that a hybrid model with the CF input zeroed equals exactly."""
+    nested = [layer for layer in model.layers if is_hybrid(layer)]
+    if nested:  # compose(backbone, heads): pixels -> backbone -> the heads' image path
+        pixels = keras.Input(shape=model.input["pixels"].shape[1:], name="pixels")
+        backbone = [layer for layer in model.layers
+                    if isinstance(layer, keras.Model) and layer is not nested[0]][0]
+        return keras.Model(pixels, image_path(nested[0])(backbone(pixels)), name="image_path")
     name = "pixels" if "pixels" in model.input else "features"
     activation = model.get_layer("labels").activation
     scores = keras.layers.Activation(activation, dtype="float32")(
