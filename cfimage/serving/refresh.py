@@ -70,7 +70,7 @@ def refresh_item_table(version_dir, cf_embeddings, align="none", min_r2=MIN_R2,
     from cfimage.serving import export
     from cfimage.serving.run_export import SERVING_MODEL
     from cfimage.stage1 import embedding_files
-    from cfimage.stage2 import losses, model  # noqa: F401  (register the custom objects)
+    from cfimage.stage2 import losses, model as model_lib  # noqa: F401  (custom objects)
 
     meta_path = os.path.join(version_dir, "assets.extra", "cfimage.json")
     if not os.path.isfile(meta_path):
