@@ -67,6 +67,8 @@ class Stage2Config:
     pretrain_epochs: int  # two_stage: epochs of the CF-only phase
     early_stopping_patience: int  # 0 = every epoch; else stop after this many without a gain
     triplet_margin: float  # contrastive
+    cf_input_dropout: float  # hybrid arms: share of training items whose CF input is zeroed
+    warm_buckets: tuple  # interaction-count edges of the warm test items' mAP buckets
     backbone: str
     weights: str
     image_size: tuple  # (height, width)
@@ -169,6 +171,19 @@ def parse_split(values):
     return fractions
 
 
+def parse_warm_buckets(values):
+    """--warm_buckets -> increasing interaction counts >= 1 (UserError otherwise)."""
+    shown = ",".join(str(v) for v in values)
+    try:
+        edges = tuple(int(v) for v in values)
+    except ValueError:
+        edges = ()
+    if not edges or min(edges) < 1 or list(edges) != sorted(set(edges)):
+        raise UserError(f"--warm_buckets={shown}: give increasing interaction counts >= 1, "
+                        "e.g. 1,10,100,1000 (buckets 1-9, 10-99, 100-999, 1000+)")
+    return edges
+
+
 def from_flags(flags):
     """The RunConfig of parsed absl `flags` (cfimage/train_flags.py). Raises UserError for a
     value that cannot run, before any data is read or any model trained."""
@@ -234,6 +249,8 @@ def from_flags(flags):
             cf_confidence=arm.confidence_weighting(flags.cf_confidence),
             pretrain_epochs=flags.pretrain_epochs, triplet_margin=flags.triplet_margin,
             early_stopping_patience=flags.early_stopping_patience,
+            cf_input_dropout=flags.cf_input_dropout,
+            warm_buckets=parse_warm_buckets(flags.warm_buckets),
             backbone=flags.backbone, weights=flags.weights,
             image_size=parse_image_size(flags.image_size), dropout=flags.dropout,
             batch_size=flags.batch_size, epochs=flags.epochs, optimizer=flags.optimizer,
@@ -295,6 +312,12 @@ def _check_cf_loss(flags, arm):
                         "the user table of the same stage-1 run as --cf_user_embeddings "
                         "(user_embeddings.npz next to its cf_embeddings.npz), or use another "
                         "--cf_loss")
+    target_kind = str(flags.cf_target).partition(":")[0]
+    if arm.cf_input and target_kind not in ("standardised", "raw"):
+        # The export's classify_items builds the CF input in-graph as (v - mean) / scale.
+        raise UserError(f"--arm={arm.name} feeds the items' CF vectors to the model; with "
+                        f"--cf_target={flags.cf_target} the served input would not match the "
+                        "trained one: use --cf_target=standardised or raw with the hybrid arms")
     if flags.cf_user_embeddings and not flags.cf_embeddings:
         raise UserError(f"--cf_user_embeddings={flags.cf_user_embeddings} goes with "
                         "--cf_embeddings (the item vectors of the same stage-1 run); without "

@@ -10,6 +10,7 @@ TensorBoard, metrics.json); the export goes to <export_dir>/<model_name>/<versio
 are in cfimage/train_flags.py, the run config built from them in cfimage/config.py.
 """
 
+import functools
 import os
 import sys
 import time
@@ -83,13 +84,13 @@ def main(argv):
         return
 
     # --- Stage 2 inputs: CF targets, split, label masking, datasets ----------------
+    count_interactions = functools.cache(lambda: pipeline.interactions_per_item(
+        catalogue, stage1, spec, listed_ids, stage1_config.two_tower, stage1_config.stream,
+        log=log))  # for sqrt weights and the warm test buckets: counted once
     stage2_inputs = inputs.prepare(
         catalogue, stage1.vectors, stage1.has_vector, stage2_config,
         stage1_config.cf_target_scale, catalogue_config.task, runtime.global_batch, runtime.outdir,
-        count_interactions=lambda: pipeline.interactions_per_item(
-            catalogue, stage1, spec, listed_ids, stage1_config.two_tower, stage1_config.stream,
-            log=log),
-        log=log, cf_target=stage1_config.cf_target,
+        count_interactions=count_interactions, log=log, cf_target=stage1_config.cf_target,
         load_users=lambda: pipeline.user_vectors(workdir, stage1_config, stage1.vectors.shape[1]))
 
     # --- Stage 2: the image model (or its heads on cached features), chosen on validation
@@ -97,9 +98,13 @@ def main(argv):
     trained = trainer.train(catalogue, stage2_inputs, cf_dim, stage2_config, runtime, log=log)
 
     # --- Evaluation: test split, once, at the checkpoint chosen on validation ----
+    # Cold view (no CF vector) first; the warm view and its interaction-count buckets after.
+    test_rows = stage2_inputs.splits["test"]
     test = evaluation.evaluate_test(trained.model, trained.best, trained.test,
-                                    catalogue.labels[stage2_inputs.splits["test"]],
-                                    catalogue.label_names, log=log)
+                                    catalogue.labels[test_rows], catalogue.label_names,
+                                    has_vector=stage1.has_vector[test_rows],
+                                    interaction_counts=count_interactions()[test_rows],
+                                    bucket_edges=stage2_config.warm_buckets, log=log)
     atomic.write_json(os.path.join(runtime.outdir, "metrics.json"), {
         "test": test, "best_epoch": trained.best.best_epoch, "validation_map": trained.best.best,
         "arm": stage2_config.arm, "cf_weight": stage2_config.cf_weight,

@@ -186,6 +186,14 @@ def define_flags(flag_values=flags.FLAGS):
                          flag_values=flag_values)
     flags.DEFINE_float("triplet_margin", 0.25, "contrastive: triplet margin (mean squared units).",
                        flag_values=flag_values)
+    flags.DEFINE_float("cf_input_dropout", 0.5, "hybrid arms: share of the training items "
+                       "whose CF input (vector and has-vector indicator) is zeroed, anew each "
+                       "step (DropoutNet-style), so that the model also learns to classify an "
+                       "image without a vector. Other arms ignore it.", flag_values=flag_values)
+    flags.DEFINE_list("warm_buckets", ["1", "10", "100", "1000"], "Interaction counts that "
+                      "bucket the warm test items (those with a CF vector) in metrics.json: "
+                      "1,10,100,1000 gives 1-9, 10-99, 100-999 and 1000+ interactions.",
+                      flag_values=flag_values)
     flags.DEFINE_float("label_ratio", 1.0, "Share of training items that keep their labels.",
                        flag_values=flag_values)
     flags.DEFINE_list("split", ["0.7", "0.1", "0.2"], "Train, validation, test fractions.",
@@ -284,6 +292,8 @@ def define_flags(flag_values=flags.FLAGS):
                                   "100]"),
         "cf_loss_min_interactions": (lambda value: value >= 0, "must be >= 0 (0 = keep all)"),
         "dropout": (lambda value: 0.0 <= value < 1.0, "must be in [0, 1)"),
+        "cf_input_dropout": (lambda value: 0.0 <= value <= 1.0, "must be in [0, 1]: the share "
+                             "of training items whose CF input is zeroed each step"),
         "learning_rate": (lambda value: value > 0, "must be > 0"),
         "threads": (lambda value: value >= 0, "must be >= 0 (0 = TensorFlow's default)"),
         "adapter_units": (lambda value: value >= 0, "must be >= 0 (0 = no adapter)"),

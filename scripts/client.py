@@ -3,9 +3,12 @@
     python scripts/client.py --signature=serving_default poster.jpg other.png
     python scripts/client.py --protocol=grpc --signature=similar_items poster.jpg
     python scripts/client.py --saved_model=saved_models/cfimage_demo/1 --signature=audience x.jpg
+    python scripts/client.py --signature=classify_items --item_ids=item-17,"" a.jpg new.jpg
 
 Signatures: serving_default (labels), predict_pixels (labels from decoded pixels),
-embed (two-tower vector), similar_items (catalogue items), audience (users).
+embed (two-tower vector), similar_items (catalogue items), audience (users),
+classify_items (hybrid models: labels from each image and its item's CF vector, looked up by
+--item_ids, one per image; an empty or unknown id classifies from the image alone).
 --saved_model runs the signature in this process instead of asking a server and
 prints the response as TF Serving's REST API would return it.
 
@@ -20,7 +23,8 @@ import urllib.request
 
 import numpy as np
 
-SIGNATURES = ("serving_default", "predict_pixels", "embed", "similar_items", "audience")
+SIGNATURES = ("serving_default", "predict_pixels", "embed", "similar_items", "audience",
+              "classify_items")
 
 
 def decode_pixels(image_bytes):
@@ -30,38 +34,54 @@ def decode_pixels(image_bytes):
     return image.numpy().astype(np.float32)
 
 
-def signature_input(signature, images):
-    """The input name and value of a signature for a list of encoded images."""
+def signature_inputs(signature, images, item_ids=None):
+    """{input name: value} of a signature for a list of encoded images (classify_items: and
+    one item id per image, "" for an item without one)."""
     if signature == "predict_pixels":
         pixels = [decode_pixels(b) for b in images]
         if len({p.shape for p in pixels}) > 1:
             raise ValueError("predict_pixels takes one batch array: give images of one size")
-        return "pixels", np.stack(pixels)
-    return "images", list(images)
+        return {"pixels": np.stack(pixels)}
+    if signature != "classify_items":
+        return {"images": list(images)}
+    item_ids = [""] * len(images) if item_ids is None else list(item_ids)
+    if len(item_ids) != len(images):
+        raise ValueError(f"classify_items takes one item id per image: {len(item_ids)} ids "
+                         f"for {len(images)} images (use \"\" for an image without an id)")
+    return {"images": list(images),
+            "item_ids": [i.encode() if isinstance(i, str) else i for i in item_ids]}
 
 
-def rest_request_body(signature, images):
-    """The JSON body of POST /v1/models/<name>:predict (row format, "instances")."""
-    _, value = signature_input(signature, images)
+def _b64(value):
+    return {"b64": base64.b64encode(value).decode("ascii")}
+
+
+def rest_request_body(signature, images, item_ids=None):
+    """The JSON body of POST /v1/models/<name>:predict (row format, "instances"). Item ids
+    go as base64 too: an id may be any bytes."""
+    inputs = signature_inputs(signature, images, item_ids)
     if signature == "predict_pixels":
-        instances = value.tolist()
+        instances = inputs["pixels"].tolist()
+    elif signature == "classify_items":
+        instances = [{"images": _b64(image), "item_ids": _b64(item)}
+                     for image, item in zip(inputs["images"], inputs["item_ids"])]
     else:
-        instances = [{"b64": base64.b64encode(b).decode("ascii")} for b in value]
+        instances = [_b64(b) for b in inputs["images"]]
     return {"signature_name": signature, "instances": instances}
 
 
-def predict_request(model_name, signature, images, version=None):
+def predict_request(model_name, signature, images, version=None, item_ids=None):
     """A gRPC PredictRequest for the signature."""
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
-    name, value = signature_input(signature, images)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.model_spec.signature_name = signature
     if version is not None:
         request.model_spec.version.value = int(version)
-    dtype = tf.float32 if name == "pixels" else tf.string
-    request.inputs[name].CopyFrom(tf.make_tensor_proto(value, dtype=dtype))
+    for name, value in signature_inputs(signature, images, item_ids).items():
+        dtype = tf.float32 if name == "pixels" else tf.string
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value, dtype=dtype))
     return request
 
 
@@ -94,12 +114,13 @@ def call_grpc(host, port, request, timeout=30.0):
     return {key: tf.make_ndarray(value) for key, value in response.outputs.items()}
 
 
-def call_local(saved_model, signature, images):
+def call_local(saved_model, signature, images, item_ids=None):
     """Runs the signature of a SavedModel in this process (no server)."""
     import tensorflow as tf
-    name, value = signature_input(signature, images)
+    inputs = signature_inputs(signature, images, item_ids)
     fn = tf.saved_model.load(saved_model).signatures[signature]
-    return {key: tensor.numpy() for key, tensor in fn(**{name: tf.constant(value)}).items()}
+    return {key: tensor.numpy() for key, tensor in
+            fn(**{name: tf.constant(value) for name, value in inputs.items()}).items()}
 
 
 def as_rest_response(outputs):
@@ -126,7 +147,7 @@ def describe(signature, names, outputs):
     lines = []
     for i, name in enumerate(names):
         lines.append(f"{name}:")
-        if signature == "serving_default":
+        if signature in ("serving_default", "classify_items"):
             rows = zip(outputs["top_k_labels"][i], outputs["top_k_scores"][i])
         elif signature == "predict_pixels":
             rows = sorted(zip(outputs["label_names"][i], outputs["scores"][i]), key=lambda r: -r[1])
@@ -155,19 +176,23 @@ def main(argv=None):
     parser.add_argument("--saved_model", default=None,
                         help="run this SavedModel version directory locally instead")
     parser.add_argument("--json", action="store_true", help="print the REST-format response")
+    parser.add_argument("--item_ids", default=None, help="classify_items: comma-separated item "
+                        "ids, one per image (empty for an image without an id)")
     args = parser.parse_args(argv)
 
     images = []
     for path in args.images:
         with open(path, "rb") as f:
             images.append(f.read())
+    item_ids = None if args.item_ids is None else args.item_ids.split(",")
     if args.saved_model:
-        outputs = call_local(args.saved_model, args.signature, images)
+        outputs = call_local(args.saved_model, args.signature, images, item_ids)
     elif args.protocol == "rest":
         outputs = call_rest(args.host, args.rest_port, args.model_name,
-                            rest_request_body(args.signature, images), args.version)
+                            rest_request_body(args.signature, images, item_ids), args.version)
     else:
-        request = predict_request(args.model_name, args.signature, images, args.version)
+        request = predict_request(args.model_name, args.signature, images, args.version,
+                                  item_ids)
         outputs = call_grpc(args.host, args.grpc_port, request)
     if args.json:
         print(json.dumps(as_rest_response(outputs), indent=2))

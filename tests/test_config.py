@@ -61,6 +61,9 @@ def test_stage_1_flags_reach_the_two_tower_config():
     (["--arm=multitask_sqrt", "--cf_weight=1"], "multitask_sqrt", 1.0, "sqrt"),
     (["--arm=multitask_loss"], "multitask_loss", 2.0, "loss"),
     (["--arm=two_stage", "--cf_weight=3"], "two_stage", 0.0, "uniform"),
+    (["--arm=hybrid", "--cf_weight=3"], "hybrid", 0.0, "uniform"),
+    (["--arm=hybrid+multitask", "--cf_weight=0.5", "--cf_confidence=sqrt"], "hybrid+multitask",
+     0.5, "sqrt"),
     (["--arm=contrastive", "--cf_weight=0.5", "--cf_confidence=sqrt"], "contrastive", 0.5,
      "sqrt"),
 ])
@@ -82,11 +85,23 @@ def test_the_arm_decides_lambda_and_confidence(argv, arm, cf_weight, confidence)
      "embedding_dim must be >= 1"),
     (["--cf_holdout=1"], "holdout_fraction must be in [0, 1)"),
     (["--strategy=multi_worker"], "--strategy=multi_worker needs --cf_embeddings"),
+    (["--arm=hybrid", "--cf_confidence=sqrt"],
+     "--arm=hybrid weighs the CF loss by 'uniform', but --cf_confidence=sqrt"),
+    (["--warm_buckets=10,1"], "--warm_buckets=10,1: give increasing interaction counts >= 1"),
+    (["--warm_buckets=0,5"], "--warm_buckets=0,5: give increasing interaction counts >= 1"),
+    (["--warm_buckets=a"], "--warm_buckets=a: give increasing interaction counts >= 1"),
 ])
 def test_values_that_cannot_run_are_user_errors(argv, message):
     with pytest.raises(UserError) as error:
         config_of(*argv)
     assert message in str(error.value)
+
+
+def test_hybrid_settings_reach_the_config():
+    stage2 = config_of("--arm=hybrid", "--cf_input_dropout=0.25", "--warm_buckets=5,50").stage2
+    assert (stage2.cf_input_dropout, stage2.warm_buckets) == (0.25, (5, 50))
+    assert stage2.arm_spec.cf_input and not config_of().stage2.arm_spec.cf_input
+    assert config_of().stage2.warm_buckets == (1, 10, 100, 1000)
 
 
 def test_multi_worker_runs_with_vectors_or_as_stage_1_only():
@@ -107,6 +122,7 @@ def test_multi_worker_runs_with_vectors_or_as_stage_1_only():
     (["--cache_limit_gb=-1"], "flag --cache_limit_gb=-1.0: must be >= 0"),
     (["--cf_target_scale=0"], "--cf_target_scale must be > 0."),
     (["--dropout=1"], "flag --dropout=1.0: must be in [0, 1)"),
+    (["--cf_input_dropout=1.5"], "flag --cf_input_dropout=1.5: must be in [0, 1]"),
     (["--arm=ensemble"], "value should be one of <image_only|multitask|"),
 ])
 def test_single_flag_bounds_stop_the_parse(argv, message):
@@ -247,6 +263,10 @@ def test_cf_model_and_target_and_loss_flags_reach_the_config(tmp_path):
     (["--cf_loss=score", "--cf_embeddings=v.npz"], "--cf_loss=score matches the scores of "
      "stage 1's users, but --cf_embeddings=v.npz brings no user vectors"),
     (["--cf_user_embeddings=u.npz"], "--cf_user_embeddings=u.npz goes with --cf_embeddings"),
+    (["--arm=hybrid", "--cf_target=l2"], "--arm=hybrid feeds the items' CF vectors to the "
+     "model; with --cf_target=l2"),
+    (["--arm=hybrid+multitask", "--cf_target=pca_whiten:4"], "use --cf_target=standardised or "
+     "raw with the hybrid arms"),
 ])
 def test_cf_loss_contradictions_are_user_errors(argv, message):
     with pytest.raises(UserError) as error:

@@ -8,6 +8,12 @@ which holds the chance of any false "significant" at 5% without assuming the tes
 independent. λ is chosen on validation only; the test figures never enter the choice, so the
 test p-value of the chosen λ is not made optimistic by it. The "Every λ" table's p-values
 are for reading only: they are not corrected and nothing is chosen on them.
+
+Cold and warm test items (cfimage/stage2/hybrid.py): when the cells report them, a second table
+compares the arms, at the same chosen λ, on the cold view (every test item, CF vector
+withheld) and the warm view (the test items with a vector, given it; arms without the CF input
+score them from the image), with the paired warm gain over image-only (Holm-corrected as a
+family of its own), and a third table gives the warm view per interaction-count bucket.
 """
 
 import os
@@ -172,6 +178,67 @@ def _format(rows):
         corrected=True)
 
 
+def summarise_views(results):
+    """Per (label_ratio, arm) at the λ chosen on validation: cold and warm test mAP (mean ±
+    95% CI) and the paired warm gain over image-only, its p-value Holm-corrected over the
+    rows of this table. [] when no cell reports a warm view."""
+    if "test_warm_map" not in results or results.test_warm_map.isna().all():
+        return []
+    rows = []
+    for (arm, ratio), cf_weight in sorted(choose_lambda(results).items(),
+                                          key=lambda kv: (kv[0][1], kv[0][0])):
+        cell = results[(results.arm == arm) & (results.label_ratio == ratio)
+                       & (results.cf_weight == cf_weight)].set_index("seed")
+        row = {"label_ratio": ratio, "arm": arm, "cf_weight": cf_weight, "seeds": len(cell)}
+        row["cold"], row["cold_ci"] = mean_ci(cell.test_cold_map)
+        row["warm"], row["warm_ci"] = mean_ci(cell.test_warm_map)
+        if arm != BASELINE:
+            as_warm = results.assign(test_map=results.test_warm_map)
+            warm_cell = cell.assign(test_map=cell.test_warm_map)
+            gain = summarise_cell(as_warm, warm_cell, ratio)
+            row.update({k: gain[k] for k in ("gain", "gain_ci", "p_value") if k in gain})
+        rows.append(row)
+    tested = [r for r in rows if "p_value" in r]
+    for row, adjusted in zip(tested, holm([r["p_value"] for r in tested])):
+        row["p_holm"] = float(adjusted)
+        row["significant"] = bool(adjusted < ALPHA)
+    return rows
+
+
+def _format_views(rows):
+    return _table(
+        ["label ratio", "arm", "λ (on val)", "seeds", "cold test mAP (no vector)",
+         "warm test mAP (vector given)", "warm gain vs image-only (paired mean)", "95% CI",
+         "paired t-test p",
+         *[c.format(m=corrected_tests(rows)) for c in CORRECTED_COLUMNS]], rows,
+        lambda r: [f"{r['label_ratio']:g}", r["arm"], f"{r['cf_weight']:g}", f"{r['seeds']}",
+                   f"{r['cold']:.4f} ± {r['cold_ci']:.4f}",
+                   f"{r['warm']:.4f} ± {r['warm_ci']:.4f}"],
+        corrected=True)
+
+
+def bucket_table(results):
+    """Mean warm and cold mAP per (label ratio, arm, interaction bucket) at the chosen λ, as
+    Markdown; "" when the cells report no buckets."""
+    names = [c.split("@", 1)[1] for c in results.columns if c.startswith("warm_map@")]
+    if not names:
+        return ""
+    lines = ["| label ratio | arm | interactions | items (mean) | seeds | warm mAP (vector "
+             "given) | cold mAP (no vector) |", "|" + " --- |" * 7]
+    for (arm, ratio), cf_weight in sorted(choose_lambda(results).items(),
+                                          key=lambda kv: (kv[0][1], kv[0][0])):
+        cell = results[(results.arm == arm) & (results.label_ratio == ratio)
+                       & (results.cf_weight == cf_weight)]
+        for name in names:
+            warm = cell[f"warm_map@{name}"].dropna()
+            if warm.empty:
+                continue
+            lines.append(f"| {ratio:g} | {arm} | {name} | {cell[f'items@{name}'].mean():.0f} | "
+                         f"{len(warm)} | {warm.mean():.4f} | "
+                         f"{cell[f'cold_map@{name}'].dropna().mean():.4f} |")
+    return "\n".join(lines)
+
+
 def _plots(rows, workdir):
     import matplotlib
     matplotlib.use("Agg")
@@ -222,6 +289,18 @@ def write_report(results, workdir, command=""):
                 "image-only (same seed: same split, label mask and initial weights) relative to "
                 "image-only's mean, with its 95% CI and the paired t-test p-value. "
                 f"{_correction_note(rows)}\n\n" + table + "\n")
+        views = summarise_views(results)
+        if views:
+            f.write("\n## Cold and warm test items\n\nCold: every test item with its CF "
+                    "vector withheld (what every arm does for a new image). Warm: the test "
+                    "items that have a vector, given it (an arm without the CF input scores "
+                    "them from the image alone). The warm gain is paired with image-only on "
+                    "the same items; its p-values are Holm-corrected together, as a family of "
+                    "their own.\n\n" + _format_views(views) + "\n")
+            buckets = bucket_table(results)
+            if buckets:
+                f.write("\n### Warm test items by interaction count\n\nMeans over seeds; "
+                        "the bucket edges are --warm_buckets.\n\n" + buckets + "\n")
         swept = sweep(results)
         if swept:
             f.write("\n## Every λ\n\nThe λ of each row above is the one with the best mean "

@@ -180,6 +180,22 @@ def run_cells(cells, base_flags, workdir, parallel, threads, log=print, cells_pe
             future.result()  # re-raises a failure of the runner itself (not of a cell)
 
 
+def _view_columns(test):
+    """The cold and warm test views of a cell (cfimage/stage2/evaluation.py): test_cold_map
+    (every test item, no CF vector), test_warm_map (the items with a vector, given it), and
+    per interaction-count bucket of those, `warm_map@<bucket>`, `cold_map@<bucket>`,
+    `items@<bucket>`. NaN for a metrics.json written before the views existed."""
+    views = test.get("views", {})
+    columns = {"test_cold_map": views.get("cold", {}).get("macro_map", float("nan")),
+               "test_warm_map": views.get("warm", {}).get("macro_map", float("nan"))}
+    for bucket in test.get("warm_buckets", []):
+        name = bucket["interactions"]
+        columns.update({f"warm_map@{name}": bucket["warm_map"],
+                        f"cold_map@{name}": bucket["cold_map"],
+                        f"items@{name}": bucket["num_items"]})
+    return columns
+
+
 def collect(cells, workdir):
     """One row per finished cell: its grid values and test/validation figures."""
     import pandas as pd
@@ -195,5 +211,5 @@ def collect(cells, workdir):
                      "test_map": metrics["test"]["macro_map"],
                      "test_precision_at_1": metrics["test"]["precision_at_1"],
                      "best_epoch": metrics["best_epoch"],
-                     "seconds": metrics.get("train_seconds")})
+                     "seconds": metrics.get("train_seconds"), **_view_columns(metrics["test"])})
     return pd.DataFrame(rows)

@@ -18,6 +18,15 @@ SavedModel, so TF Serving needs nothing but the directory):
                    vector, in the two-tower's own space (target scaling undone)
   similar_items    images -> item_ids string [B, k], scores float [B, k]
   audience         images -> user_ids string [B, k], scores float [B, k]
+  classify_items   (hybrid models only) images string [B], item_ids string [B]
+                   -> the outputs of serving_default, from the image and the item's own
+                   CF vector, looked up by id in the catalogue table inside the graph;
+                   an empty or unknown id gives the image-only scores (= serving_default).
+
+A hybrid model (cfimage/stage2/hybrid.py) takes the CF input too; every other signature feeds
+it zeros, which is exactly its image path. classify_items exists only for hybrid models: a
+model without the CF input would ignore the ids, and a client asking for them is better told
+(cfimage.json lists the signatures; "hybrid" says which kind of model it is).
 
 The images go through `data.decode_and_resize`, the training preprocessing.
 `similar_items` and `audience` rank by dot product, the score the two-tower model
@@ -42,7 +51,9 @@ import tensorflow as tf
 # missing install stops a training run at its start rather than after training.
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+from cfimage.serving.tables import CFTables, check_table, top_k_by_dot
 from cfimage.stage2 import data
+from cfimage.stage2 import model as model_lib
 
 NUM_TOP_LABELS = 5
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -111,50 +122,6 @@ def _not_empty(batch, name):
         tf.shape(batch)[0], message=f"empty batch: the request has no {name}; send at least one")
 
 
-def _check_table(kind, ids, vectors, dim):
-    """Ids and vectors of one CF table as (str array, float32 array), or ValueError."""
-    if (ids is None) != (vectors is None):
-        raise ValueError(f"{kind}: give both ids and vectors, or neither")
-    if ids is None:
-        return None
-    ids = np.asarray(ids).astype(str)
-    vectors = np.asarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2 or vectors.shape[1] != dim:
-        raise ValueError(f"{kind} vectors must have shape (n, {dim}) like the model's cf "
-                         f"output, got {vectors.shape}")
-    if ids.shape != (len(vectors),) or len(ids) == 0:
-        raise ValueError(f"{kind}: {ids.shape} ids for {len(vectors)} vectors; need one id "
-                         "per vector and at least one")
-    if not np.all(np.isfinite(vectors)):
-        raise ValueError(f"{kind} vectors contain NaN or infinite values")
-    return ids, vectors
-
-
-class _CFTables(tf.Module):
-    """The catalogue and user tables as variables, tracked into the SavedModel."""
-
-    def __init__(self, tables):
-        super().__init__(name="cf_tables")
-        for kind, (ids, vectors) in tables.items():
-            setattr(self, f"{kind}_ids", tf.Variable(ids, trainable=False, name=f"{kind}_ids"))
-            setattr(self, f"{kind}_vectors",
-                    tf.Variable(vectors, trainable=False, name=f"{kind}_vectors"))
-
-
-def _top_k_by_dot(embedding, ids, vectors, k):
-    """Top-k rows of `vectors` by dot product with each embedding.
-
-    Dot product, not cosine: the two-tower model scores user . item and was trained
-    on that score without normalising, so a vector's length carries signal (items
-    with more, more consistent interactions sit further out) and dot product is
-    the geometry the vectors live in. Cosine would promote rarely seen items whose
-    short vectors are mostly noise. The ranking is unaffected by the length of the
-    predicted embedding itself.
-    """
-    scores, index = tf.math.top_k(tf.matmul(embedding, vectors, transpose_b=True), k=k)
-    return tf.gather(ids, index), scores
-
-
 def _resize_pixels(pixels, image_size):
     """A pixel batch at the training size: other sizes resized as decode_and_resize does."""
     height, width = image_size
@@ -169,20 +136,24 @@ def _resize_pixels(pixels, image_size):
     return tf.ensure_shape(pixels, [None, height, width, 3])
 
 
-def _warmup_records(model_name, signatures, image_size):
-    """Serialized PredictionLog records: one request per signature, one small image each."""
+def _warmup_records(model_name, signatures, image_size, item_id=""):
+    """Serialized PredictionLog records: one request per signature, one small image each
+    (classify_items: with `item_id`, a known id, so that the lookup runs)."""
     height, width = image_size
     ramp = np.linspace(0, 255, height * width * 3).reshape(height, width, 3).astype(np.uint8)
     image = tf.io.encode_jpeg(ramp).numpy()
     records = []
-    for name, input_name in signatures.items():
-        if input_name == "images":
-            tensor = tf.make_tensor_proto([image], dtype=tf.string)
-        else:
-            tensor = tf.make_tensor_proto(ramp[None].astype(np.float32))
+    for name, input_names in signatures.items():
         request = predict_pb2.PredictRequest(
             model_spec=model_pb2.ModelSpec(name=model_name, signature_name=name))
-        request.inputs[input_name].CopyFrom(tensor)
+        for input_name in input_names:
+            if input_name == "images":
+                tensor = tf.make_tensor_proto([image], dtype=tf.string)
+            elif input_name == "item_ids":
+                tensor = tf.make_tensor_proto([item_id.encode()], dtype=tf.string)
+            else:
+                tensor = tf.make_tensor_proto(ramp[None].astype(np.float32))
+            request.inputs[input_name].CopyFrom(tensor)
         entry = prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=request))
         records.append(entry.SerializeToString())
@@ -194,12 +165,14 @@ def export_saved_model(model, label_names, image_size, export_base, model_name, 
                        user_ids=None, user_vectors=None, top_k=10, log=print):
     """Writes the serving SavedModel and returns its version directory.
 
-    `model` has outputs {"labels", "cf"}; `cf` predicts scaled targets, and
+    `model` has outputs {"labels", "cf"} (and the inputs "pixels" and, hybrid models,
+    "cf_input"); `cf` predicts scaled targets, and
     `cf_scaling` ({"mean": list, "scale": float}, from `data.scale_cf_targets`)
     maps them back. `embed` needs `cf_scaling`; `similar_items` also needs the
     catalogue table (`item_ids`, `item_vectors`), `audience` the two-tower user
     table (`user_ids`, `user_vectors`). Signatures whose inputs are missing are
-    left out and logged. `top_k` results are returned by those two.
+    left out and logged. `top_k` results are returned by those two. `classify_items` (hybrid
+    models) needs `cf_scaling` and the catalogue table.
     """
     model_dir = os.path.join(export_base, model_name)
     fixed = version is not None
@@ -221,8 +194,9 @@ def export_saved_model(model, label_names, image_size, export_base, model_name, 
                              f"got shape {cf_matrix.shape}")
         cf_dim = cf_matrix.shape[1]
     tables = {kind: table for kind, table in [
-        ("item", _check_table("item", item_ids, item_vectors, cf_dim)),
-        ("user", _check_table("user", user_ids, user_vectors, cf_dim))] if table is not None}
+        ("item", check_table("item", item_ids, item_vectors, cf_dim)),
+        ("user", check_table("user", user_ids, user_vectors, cf_dim))] if table is not None}
+    hybrid = model_lib.is_hybrid(model)
     if tables and cf_scaling is None:
         raise ValueError("CF tables given without cf_scaling: the model's cf output is in "
                          "scaled target space and cannot be compared with them")
@@ -238,15 +212,30 @@ def export_saved_model(model, label_names, image_size, export_base, model_name, 
     names = tf.constant(label_names, dtype=tf.string)
     num_top_labels = min(NUM_TOP_LABELS, len(label_names))
     images_spec = tf.TensorSpec([None], tf.string, name="images")
-    cf_tables = _CFTables(tables)
+    classify = hybrid and "item" in tables and cf_scaling is not None
+    cf_tables = CFTables(tables, index_items=classify)
 
-    # One traced model call, shared by every signature: one copy in the SavedModel.
-    @tf.function(input_signature=[tf.TensorSpec([None, *image_size, 3], tf.float32)])
-    def predict(pixels):
-        outputs = model(pixels, training=False)
-        return {key: tf.cast(value, tf.float32) for key, value in outputs.items()}
+    # One traced model call, shared by every signature: one copy in the SavedModel. A hybrid
+    # model gets the CF input: zeros (its exact image path) unless classify_items gives one.
+    pixels_spec = tf.TensorSpec([None, *image_size, 3], tf.float32)
+    if hybrid:
+        @tf.function(input_signature=[pixels_spec, tf.TensorSpec([None, cf_dim + 1],
+                                                                 tf.float32)])
+        def predict_with_cf(pixels, cf_input):
+            outputs = model({"pixels": pixels, model_lib.CF_INPUT: cf_input}, training=False)
+            return {key: tf.cast(value, tf.float32) for key, value in outputs.items()}
 
-    def predict_images(images):
+        def predict(pixels, cf_input=None):
+            if cf_input is None:
+                cf_input = tf.zeros([tf.shape(pixels)[0], cf_dim + 1], tf.float32)
+            return predict_with_cf(pixels, cf_input)
+    else:
+        @tf.function(input_signature=[pixels_spec])
+        def predict(pixels):
+            outputs = model(pixels, training=False)
+            return {key: tf.cast(value, tf.float32) for key, value in outputs.items()}
+
+    def predict_images(images, cf_input=None):
         # Bytes that are not an image fail in decode_image with InvalidArgument
         # ("Unknown image file format ..."): the request fails, the server lives on.
         # A header (PNG, GIF, BMP, WebP, JPEG) claiming more than data.MAX_IMAGE_PIXELS
@@ -255,7 +244,8 @@ def export_saved_model(model, label_names, image_size, export_base, model_name, 
         with tf.control_dependencies([_not_empty(images, "images")]):
             pixels = tf.map_fn(lambda b: data.decode_and_resize(b, image_size), images,
                                fn_output_signature=tf.TensorSpec((*image_size, 3), tf.uint8))
-        return predict(tf.cast(pixels, tf.float32))
+        pixels = tf.cast(pixels, tf.float32)
+        return predict(pixels) if cf_input is None else predict(pixels, cf_input)
 
     def with_label_names(scores):
         return {"scores": scores, "label_names": tf.tile(names[None, :], [tf.shape(scores)[0], 1])}
@@ -266,12 +256,25 @@ def export_saved_model(model, label_names, image_size, export_base, model_name, 
             cf = tf.matmul(cf, cf_matrix)
         return cf * cf_scale + cf_mean
 
-    @tf.function(input_signature=[images_spec])
-    def serving_default(images):
-        outputs = with_label_names(predict_images(images)["labels"])
+    def label_outputs(scores):
+        outputs = with_label_names(scores)
         top_scores, top_index = tf.math.top_k(outputs["scores"], k=num_top_labels)
         return {**outputs, "top_k_labels": tf.gather(names, top_index),
                 "top_k_scores": top_scores}
+
+    @tf.function(input_signature=[images_spec])
+    def serving_default(images):
+        return label_outputs(predict_images(images)["labels"])
+
+    @tf.function(input_signature=[images_spec, tf.TensorSpec([None], tf.string,
+                                                             name="item_ids")])
+    def classify_items(images, item_ids):
+        # One id per image (InvalidArgument otherwise); "" or an id not in the table: zeros.
+        with tf.control_dependencies([tf.debugging.assert_equal(
+                tf.shape(item_ids)[0], tf.shape(images)[0],
+                message="classify_items needs one item id per image (\"\" for none)")]):
+            cf_input = cf_tables.item_cf_input(item_ids, cf_mean, cf_scale)
+        return label_outputs(predict_images(images, cf_input)["labels"])
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32,
                                                 name="pixels")])
@@ -288,14 +291,14 @@ def export_saved_model(model, label_names, image_size, export_base, model_name, 
 
     @tf.function(input_signature=[images_spec])
     def similar_items(images):
-        ids, scores = _top_k_by_dot(embedding(images), cf_tables.item_ids,
-                                    cf_tables.item_vectors, min(top_k, len(tables["item"][0])))
+        ids, scores = top_k_by_dot(embedding(images), cf_tables.item_ids,
+                                   cf_tables.item_vectors, min(top_k, len(tables["item"][0])))
         return {"item_ids": ids, "scores": scores}
 
     @tf.function(input_signature=[images_spec])
     def audience(images):
-        ids, scores = _top_k_by_dot(embedding(images), cf_tables.user_ids,
-                                    cf_tables.user_vectors, min(top_k, len(tables["user"][0])))
+        ids, scores = top_k_by_dot(embedding(images), cf_tables.user_ids,
+                                   cf_tables.user_vectors, min(top_k, len(tables["user"][0])))
         return {"user_ids": ids, "scores": scores}
 
     endpoints = {"serving_default": serving_default, "predict_pixels": predict_pixels}
@@ -311,6 +314,11 @@ def export_saved_model(model, label_names, image_size, export_base, model_name, 
                 endpoints[name] = fn
             else:
                 log(f"export: signature {name} left out: {why}")
+    if classify:
+        endpoints["classify_items"] = classify_items
+    elif hybrid:
+        log("export: signature classify_items left out: no catalogue item vectors or "
+            "cf_scaling (serving_default classifies from the image alone)")
 
     os.makedirs(model_dir, exist_ok=True)
     remove_stale_temporaries(model_dir, log=log)
@@ -327,14 +335,18 @@ def export_saved_model(model, label_names, image_size, export_base, model_name, 
         os.makedirs(extra, exist_ok=True)
         with open(os.path.join(extra, "labels.txt"), "w") as f:
             f.write("\n".join(label_names) + "\n")
-        inputs = {name: "pixels" if name == "predict_pixels" else "images" for name in endpoints}
+        inputs = {name: {"predict_pixels": ["pixels"], "classify_items": ["images", "item_ids"]
+                         }.get(name, ["images"]) for name in endpoints}
+        known_id = str(tables["item"][0][0]) if "item" in tables else ""
         with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as writer:
-            for record in _warmup_records(model_name, inputs, image_size):
+            for record in _warmup_records(model_name, inputs, image_size, known_id):
                 writer.write(record)
         with open(os.path.join(extra, "cfimage.json"), "w") as f:
             json.dump({"image_size": list(image_size), "label_names": label_names,
                        "signatures": list(endpoints), "top_k_labels": num_top_labels,
                        "top_k": top_k, "similarity": "dot", "cf_dim": cf_dim,
+                       "hybrid": hybrid, "cf_scaling": None if cf_scaling is None else {
+                           "mean": [float(v) for v in cf_mean], "scale": cf_scale},
                        "num_items": len(tables["item"][0]) if "item" in tables else 0,
                        "num_users": len(tables["user"][0]) if "user" in tables else 0,
                        **(metadata or {})}, f, indent=2)

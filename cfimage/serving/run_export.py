@@ -8,6 +8,8 @@ import numpy as np
 
 from cfimage.serving import export
 
+SERVING_MODEL = "serving_model.keras"  # in the workdir: what refresh.py re-exports
+
 
 def export_run(model, catalogue, vectors, has_vector, cf_scaling, metadata, config, log=print):
     """Exports a trained run; returns the version directory. User vectors (the audience
@@ -23,6 +25,9 @@ def export_run(model, catalogue, vectors, has_vector, cf_scaling, metadata, conf
         config.output.model_name, metadata=metadata, cf_scaling=cf_scaling,
         item_ids=catalogue.item_ids[has_vector], item_vectors=vectors[has_vector], **users,
         log=log)
+    # The Keras model itself, for a later export with a refreshed CF table and no retraining
+    # (cfimage/serving/refresh.py).
+    model.save(os.path.join(config.output.workdir, SERVING_MODEL))
     with open(os.path.join(path, "assets.extra", "cfimage.json")) as f:
         signatures = json.load(f)["signatures"]
     log(f"exported SavedModel to {path} (signatures: {', '.join(signatures)})")

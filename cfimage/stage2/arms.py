@@ -5,7 +5,10 @@ An arm fixes what stage 2 optimises:
     loss whose positive is the item's nearest CF neighbour (the "contrastive" baseline);
   * λ, the weight of that loss next to the label loss (weight 1): 0, or --cf_weight;
   * whether a pre-training phase regresses the CF targets alone first;
-  * the confidence weighting of the CF loss per item (or None: --cf_confidence decides).
+  * the confidence weighting of the CF loss per item (or None: --cf_confidence decides);
+  * whether the model also takes the item's own CF vector as an input (the "hybrid" arms:
+    cfimage/stage2/hybrid.py), trained with --cf_input_dropout so that it still classifies an
+    image without a vector.
 
 `cfimage.train --arm=NAME` trains one arm, `fit.compile_model` picks the CF loss from it,
 and `cfimage.experiment --arms=...` runs a grid of them. Plain data: no TensorFlow import.
@@ -28,6 +31,8 @@ class Arm:
     # The one λ of the experiment grid for an arm that has no λ of its own (what the report
     # shows); None: the grid's --cf_weights.
     grid_lambda: float | None = None
+    # The CF vector is also an input of the label head (with CF-input dropout): hybrid.py.
+    cf_input: bool = False
 
     def cf_weight(self, flag_value):
         """λ of the (main) training phase, given --cf_weight."""
@@ -57,6 +62,14 @@ ARMS = {arm.name: arm for arm in [
         RECONSTRUCTION, lambda_from_flag=False, pretrain=True, grid_lambda=1.0),
     Arm("contrastive", "L_labels + λ·triplet loss on the CF head (positive = nearest CF "
         "neighbour)", TRIPLET, lambda_from_flag=True),
+    # The item's own CF vector as an input next to the image (zeroed, with its indicator, for
+    # --cf_input_dropout of the training items each step); CF loss weight 0, like image_only.
+    Arm("hybrid", "image + the item's own CF vector as inputs (CF-input dropout), L_labels "
+        "only", RECONSTRUCTION, lambda_from_flag=False, confidence="uniform", grid_lambda=0.0,
+        cf_input=True),
+    # Both uses of the CF signal: the vector as an input and the CF head trained with λ.
+    Arm("hybrid+multitask", "hybrid, plus λ·L_cf on the CF head (CF weights from "
+        "--cf_confidence)", RECONSTRUCTION, lambda_from_flag=True, cf_input=True),
 ]}
 BASELINE = "image_only"  # the arm every gain is measured against
 

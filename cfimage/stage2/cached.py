@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from cfimage import atomic
 from cfimage.errors import UserError
-from cfimage.stage2 import data, features, trainer
+from cfimage.stage2 import data, features, hybrid, trainer
 from cfimage.stage2 import model as model_lib
 from cfimage.stage2.metrics import evaluate_scores
 
@@ -113,7 +113,8 @@ def train(catalogue, inputs, cf_dim, stage2, runtime, log=print):
     with runtime.strategy.scope():
         heads = model_lib.build_heads(view_features.shape[2], catalogue.num_classes,
                                       inputs.multi_label, cf_dim, stage2.dropout,
-                                      stage2.adapter_units)
+                                      stage2.adapter_units, hybrid=arm.cf_input,
+                                      cf_input_dropout=stage2.cf_input_dropout)
         serving = model_lib.compose(backbone, heads, name=f"cfimage_{stage2.backbone}")
     log(f"heads on cached {stage2.backbone} features ({view_features.shape[2]} dims): "
         f"{heads.count_params():,} parameters (adapter units {stage2.adapter_units})")
@@ -121,9 +122,13 @@ def train(catalogue, inputs, cf_dim, stage2, runtime, log=print):
 
     def split(name, training):
         rows = inputs.splits[name]
-        return feature_dataset(view_features[rows], {k: v[rows] for k, v in
-                                                     inputs.targets.items()},
-                               runtime.global_batch, training, stage2.seed)
+        batches = feature_dataset(view_features[rows], {k: v[rows] for k, v in
+                                                        inputs.targets.items()},
+                                  runtime.global_batch, training, stage2.seed)
+        if not arm.cf_input:
+            return batches
+        # Hybrid: validation (which chooses the checkpoint) in the cold view, as inputs.py.
+        return hybrid.with_cf_input(batches, "features", cold=name == "validation")
 
     train_ds, validation_ds, test_ds = (split("train", True), split("validation", False),
                                         split("test", False))
@@ -133,7 +138,7 @@ def train(catalogue, inputs, cf_dim, stage2, runtime, log=print):
                "feature_cache": stage2.feature_cache, "feature_dim": int(view_features.shape[2]),
                "feature_views": list(VIEWS), "features_computed": extracted.computed,
                "features_reused": extracted.reused, "heads_epochs": stage2.epochs,
-               "finetune_epochs": stage2.finetune_epochs}
+               "finetune_epochs": stage2.finetune_epochs, **trainer.hybrid_summary(stage2)}
 
     # --- Phase 1: the heads on cached features -------------------------------------
     if not finetuning:

@@ -2,7 +2,11 @@
 and the train/validation/test datasets (decoded images cached in memory, or TFRecord shards
 when they would not fit). Cached-feature training (cfimage/stage2/cached.py) builds its
 feature datasets from the same splits and `targets`; it needs the image datasets only to
-fine-tune."""
+fine-tune.
+
+Hybrid arms (cfimage/stage2/hybrid.py): the targets also hold each item's CF input, and the
+datasets give the model {"pixels", "cf_input"}: training and test with the items' vectors,
+validation in the cold view (CF input zeroed), which chooses the checkpoint."""
 
 import dataclasses
 import os
@@ -11,7 +15,7 @@ import numpy as np
 
 from cfimage import atomic
 from cfimage.errors import UserError
-from cfimage.stage2 import arms, confidence, data, tfrecords
+from cfimage.stage2 import arms, confidence, data, hybrid, tfrecords
 from cfimage.stage2 import cf_targets as cf_targets_lib
 
 
@@ -86,6 +90,11 @@ def prepare(catalogue, vectors, has_vector, stage2, cf_target_scale, task, globa
         weights = np.where(neighbours >= 0, weights, 0.0).astype(np.float32)
     targets = data.pack_targets(catalogue.labels, labelled, cf_for_loss, weights)
     cf_loss = make_cf_loss(stage2, cf_scaling, load_users)
+    if stage2.arm_spec.cf_input:
+        targets[hybrid.CF_INPUT] = hybrid.cf_inputs(cf_targets, has_vector)
+        log(f"hybrid: the items' own CF vectors are an input, zeroed for "
+            f"{stage2.cf_input_dropout:.0%} of the training items each step; the checkpoint "
+            "is chosen on validation mAP with the CF input withheld (cold view)")
 
     if not (stage2.train_backbone or stage2.finetune_epochs):
         return Stage2Inputs(splits, labelled, multi_label, cf_scaling, targets, None, None, None,
@@ -95,12 +104,17 @@ def prepare(catalogue, vectors, has_vector, stage2, cf_target_scale, task, globa
     def dataset(name, training):
         index = splits[name]
         if shards:  # images from the shards, targets of this run (by item_id)
-            return tfrecords.make_dataset(shards, stage2.image_size, global_batch, training,
-                                          stage2.seed, item_ids=catalogue.item_ids[index],
-                                          targets={k: v[index] for k, v in targets.items()})
-        return data.make_dataset(catalogue.image_paths[index],
-                                 {k: v[index] for k, v in targets.items()}, stage2.image_size,
-                                 global_batch, training=training, seed=stage2.seed)
+            batches = tfrecords.make_dataset(shards, stage2.image_size, global_batch, training,
+                                             stage2.seed, item_ids=catalogue.item_ids[index],
+                                             targets={k: v[index] for k, v in targets.items()})
+        else:
+            batches = data.make_dataset(catalogue.image_paths[index],
+                                        {k: v[index] for k, v in targets.items()},
+                                        stage2.image_size, global_batch, training=training,
+                                        seed=stage2.seed)
+        if hybrid.CF_INPUT not in targets:
+            return batches
+        return hybrid.with_cf_input(batches, "pixels", cold=name == "validation")
 
     return Stage2Inputs(splits, labelled, multi_label, cf_scaling, targets,
                         dataset("train", True),

@@ -6,6 +6,15 @@
     -> "labels": Dropout -> Dense(C) -> sigmoid (multi-label) / softmax (single-label)
     -> "cf":     BatchNorm -> Dense(128) -> BatchNorm -> ReLU -> Dense(d_cf)
 
+The hybrid arms (cfimage/stage2/hybrid.py) add a second input, "cf_input" (d_cf + 1): the
+item's scaled CF vector and a has-vector indicator, zeros for an item without one:
+
+    cf_input -> CFInputDropout (training only) -> Dense(128) -> ReLU -> Dense(C) -> × indicator
+    "labels" = activation(image logits + that)
+
+The CF branch is multiplied by the indicator, so with the CF input zeroed the label scores are
+exactly those of the image path (`image_path`); the "cf" head never sees the CF input.
+
 Both heads (and the adapter) are float32 under mixed precision (their outputs feed float32
 losses). `build_model` is one flat network (end-to-end training); cached-feature training
 (cfimage/stage2/cached.py) trains `build_heads` (the same layers, fed a feature vector) and
@@ -74,8 +83,52 @@ def build_backbone(name, weights, input_shape):
         raise
 
 
-def add_heads(features, num_classes, multi_label, cf_dim, dropout=0.2, adapter_units=0):
-    """The adapter (optional) and the two heads on a feature tensor: {"labels", "cf"}."""
+CF_INPUT = "cf_input"  # the hybrid models' second input: [scaled CF vector (d), has vector (1)]
+
+
+@keras.saving.register_keras_serializable(package="cfimage")
+class CFInputDropout(keras.layers.Layer):
+    """DropoutNet-style input dropout: in training, each row of the CF input (vector and
+    indicator together) is zeroed with probability `rate`, so the model also learns to
+    classify from the image alone; at inference it passes the input unchanged (no rescaling:
+    a row is either the item's own input or the no-vector input)."""
+
+    def __init__(self, rate, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = float(rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=False):
+        if not training or self.rate <= 0:
+            return inputs
+        keep = keras.random.uniform(keras.ops.shape(inputs)[:1], seed=self.seed_generator)
+        keep = keras.ops.cast(keep >= self.rate, inputs.dtype)
+        return inputs * keep[:, None]
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="cfimage")
+class Indicator(keras.layers.Layer):
+    """The has-vector indicator of a CF input: its last column, (B, 1)."""
+
+    def call(self, inputs):
+        return inputs[:, -1:]
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 1)
+
+
+def add_heads(features, num_classes, multi_label, cf_dim, dropout=0.2, adapter_units=0,
+              cf_input=None, cf_input_dropout=0.0):
+    """The adapter (optional) and the two heads on a feature tensor: {"labels", "cf"}. With
+    `cf_input` (a (d_cf + 1) tensor, hybrid arms), the label logits also get the indicator-gated
+    CF branch."""
     if adapter_units:
         features = keras.layers.Dense(adapter_units, name="adapter_dense",
                                       dtype="float32")(features)
@@ -85,6 +138,14 @@ def add_heads(features, num_classes, multi_label, cf_dim, dropout=0.2, adapter_u
     x = keras.layers.Dropout(dropout, name="labels_dropout")(features)
     activation = "sigmoid" if multi_label else "softmax"
     labels = keras.layers.Dense(num_classes, name="labels_logits", dtype="float32")(x)
+    if cf_input is not None:
+        c = CFInputDropout(cf_input_dropout, name="cf_input_dropout", dtype="float32")(cf_input)
+        indicator = Indicator(name="cf_input_indicator", dtype="float32")(c)
+        c = keras.layers.Dense(CF_HIDDEN_UNITS, name="cf_input_dense", dtype="float32")(c)
+        c = keras.layers.ReLU(name="cf_input_relu", dtype="float32")(c)
+        c = keras.layers.Dense(num_classes, name="cf_input_logits", dtype="float32")(c)
+        c = keras.layers.Multiply(name="cf_input_gated", dtype="float32")([c, indicator])
+        labels = keras.layers.Add(name="hybrid_logits", dtype="float32")([labels, c])
     labels = keras.layers.Activation(activation, name="labels", dtype="float32")(labels)
 
     y = keras.layers.BatchNormalization(name="cf_bn1", dtype="float32")(features)
@@ -95,30 +156,71 @@ def add_heads(features, num_classes, multi_label, cf_dim, dropout=0.2, adapter_u
     return {"labels": labels, "cf": cf}
 
 
+def _cf_input(cf_dim, hybrid):
+    return keras.Input(shape=(cf_dim + 1,), name=CF_INPUT, dtype="float32") if hybrid else None
+
+
+def _inputs(name, tensor, cf_input):
+    """One input, or the hybrid models' {name, "cf_input"}."""
+    return tensor if cf_input is None else {name: tensor, CF_INPUT: cf_input}
+
+
 def build_model(backbone, weights, image_size, num_classes, multi_label, cf_dim,
-                dropout=0.2, adapter_units=0):
-    """Builds the functional multitask model with outputs {"labels", "cf"}."""
+                dropout=0.2, adapter_units=0, hybrid=False, cf_input_dropout=0.0):
+    """Builds the functional multitask model with outputs {"labels", "cf"}; its input is
+    "pixels", or {"pixels", "cf_input"} when `hybrid`."""
     height, width = image_size
     pixels = keras.Input(shape=(height, width, 3), name="pixels")
+    cf_input = _cf_input(cf_dim, hybrid)
     features = build_backbone(backbone, weights, (height, width, 3))(pixels)
-    outputs = add_heads(features, num_classes, multi_label, cf_dim, dropout, adapter_units)
-    return keras.Model(pixels, outputs, name=f"cfimage_{backbone}")
+    outputs = add_heads(features, num_classes, multi_label, cf_dim, dropout, adapter_units,
+                        cf_input, cf_input_dropout)
+    return keras.Model(_inputs("pixels", pixels, cf_input), outputs, name=f"cfimage_{backbone}")
 
 
-def build_heads(feature_dim, num_classes, multi_label, cf_dim, dropout=0.2, adapter_units=0):
-    """The adapter and heads of `build_model` alone: pooled backbone features -> {"labels",
-    "cf"} (the model that cached-feature training fits)."""
+def build_heads(feature_dim, num_classes, multi_label, cf_dim, dropout=0.2, adapter_units=0,
+                hybrid=False, cf_input_dropout=0.0):
+    """The adapter and heads of `build_model` alone: pooled backbone features (and, `hybrid`,
+    the CF input) -> {"labels", "cf"} (the model that cached-feature training fits)."""
     features = keras.Input(shape=(feature_dim,), name="features", dtype="float32")
-    outputs = add_heads(features, num_classes, multi_label, cf_dim, dropout, adapter_units)
-    return keras.Model(features, outputs, name="cfimage_heads")
+    cf_input = _cf_input(cf_dim, hybrid)
+    outputs = add_heads(features, num_classes, multi_label, cf_dim, dropout, adapter_units,
+                        cf_input, cf_input_dropout)
+    return keras.Model(_inputs("features", features, cf_input), outputs, name="cfimage_heads")
+
+
+def is_hybrid(model):
+    """Whether `model` takes the CF input (a hybrid arm's model)."""
+    return isinstance(model.input, dict) and CF_INPUT in model.input
 
 
 def compose(backbone, heads, name=None):
     """pixels -> `backbone` -> `heads`: a model with the outputs {"labels", "cf"} of
     `build_model` that shares its weights with both parts (training the heads model trains
-    this one's heads)."""
+    this one's heads). A hybrid `heads` gives a model of {"pixels", "cf_input"}."""
     pixels = keras.Input(shape=backbone.input_shape[1:], name="pixels")
-    return keras.Model(pixels, heads(backbone(pixels)), name=name or f"cfimage_{backbone.name}")
+    name = name or f"cfimage_{backbone.name}"
+    if not is_hybrid(heads):
+        return keras.Model(pixels, heads(backbone(pixels)), name=name)
+    cf_input = keras.Input(shape=heads.input[CF_INPUT].shape[1:], name=CF_INPUT)
+    outputs = heads({"features": backbone(pixels), CF_INPUT: cf_input})
+    return keras.Model({"pixels": pixels, CF_INPUT: cf_input}, outputs, name=name)
+
+
+def image_path(model):
+    """The label scores of a hybrid model's image path alone (its own layers, no CF branch):
+    a model of the image input that a hybrid model with the CF input zeroed equals exactly."""
+    nested = [layer for layer in model.layers if is_hybrid(layer)]
+    if nested:  # compose(backbone, heads): pixels -> backbone -> the heads' image path
+        pixels = keras.Input(shape=model.input["pixels"].shape[1:], name="pixels")
+        backbone = [layer for layer in model.layers
+                    if isinstance(layer, keras.Model) and layer is not nested[0]][0]
+        return keras.Model(pixels, image_path(nested[0])(backbone(pixels)), name="image_path")
+    name = "pixels" if "pixels" in model.input else "features"
+    activation = model.get_layer("labels").activation
+    scores = keras.layers.Activation(activation, dtype="float32")(
+        model.get_layer("labels_logits").output)
+    return keras.Model(model.input[name], scores, name="image_path")
 
 
 BLOCK_NAME = re.compile(r"^(block\d+[a-z])_")  # an MBConv block's layers: block6d_expand_conv

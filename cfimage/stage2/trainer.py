@@ -49,7 +49,9 @@ def train(catalogue, inputs, cf_dim, stage2, runtime, log=print):
     try:
         model = model_lib.build_model(stage2.backbone, stage2.weights, stage2.image_size,
                                       catalogue.num_classes, inputs.multi_label, cf_dim,
-                                      dropout=stage2.dropout, adapter_units=stage2.adapter_units)
+                                      dropout=stage2.dropout, adapter_units=stage2.adapter_units,
+                                      hybrid=arm.cf_input,
+                                      cf_input_dropout=stage2.cf_input_dropout)
     except BUILD_ERRORS as error:
         raise UserError(str(error)) from None
     log(f"model {model.name}: {model.count_params():,} parameters, image size "
@@ -72,7 +74,15 @@ def train(catalogue, inputs, cf_dim, stage2, runtime, log=print):
     best = fit_selected(model, inputs.train, inputs.validation, catalogue, inputs, stage2,
                         runtime, stage2.epochs, resuming, log=log)
     return Stage2Result(model, best, inputs.test, model, {
-        "train_backbone": True, "adapter_units": stage2.adapter_units})
+        "train_backbone": True, "adapter_units": stage2.adapter_units, **hybrid_summary(stage2)})
+
+
+def hybrid_summary(stage2):
+    """metrics.json's record of a hybrid arm's CF input (cfimage/stage2/hybrid.py)."""
+    if not stage2.arm_spec.cf_input:
+        return {}
+    return {"cf_input": True, "cf_input_dropout": stage2.cf_input_dropout,
+            "selection_view": "cold"}
 
 
 def sync_batchnorm(model, stage2, runtime, log):

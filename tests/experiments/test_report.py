@@ -100,3 +100,31 @@ def test_every_comparison_of_the_table_is_holm_corrected_together(tmp_path):
     assert line.endswith(f"| {gaining['p_holm']:.2g} | yes |")
     text = (tmp_path / "results.md").read_text()
     assert "all 2 comparisons with image-only in this table are Holm-corrected" in text
+
+
+def test_cold_and_warm_views_are_compared_paired_with_image_only(tmp_path):
+    rows = []
+    for seed in range(4):
+        for arm, cold, warm in (("image_only", 0.30, 0.31), ("hybrid", 0.29, 0.40)):
+            rows.append(dict(arm=arm, label_ratio=1.0, cf_weight=0.0, seed=seed, val_map=cold,
+                             test_map=cold, test_precision_at_1=0.5, test_cold_map=cold,
+                             test_warm_map=warm + 0.01 * seed * (arm == "hybrid"),
+                             **{"warm_map@1-9": warm, "cold_map@1-9": cold, "items@1-9": 7}))
+    results = pd.DataFrame(rows)
+    views = {r["arm"]: r for r in report.summarise_views(results)}
+    assert views["image_only"]["warm"] == pytest.approx(0.31) and "gain" not in views[
+        "image_only"]
+    hybrid = views["hybrid"]
+    assert hybrid["cold"] == pytest.approx(0.29) and hybrid["warm"] == pytest.approx(0.415)
+    # Paired warm differences 0.09, 0.10, 0.11, 0.12 over image-only's 0.31.
+    assert hybrid["gain"] == pytest.approx(100 * 0.105 / 0.31)
+    assert hybrid["p_holm"] == pytest.approx(hybrid["p_value"])  # one test in the family
+    report.write_report(results, str(tmp_path))
+    text = (tmp_path / "results.md").read_text()
+    assert "## Cold and warm test items" in text
+    assert "| 1 | hybrid | 0 | 4 | 0.2900 ± 0.0000 | 0.4150 ± 0.0205 | +33.9% |" in text
+    assert "| 1 | hybrid | 1-9 | 7 | 4 | 0.4000 | 0.2900 |" in text
+    # Cells without views (an older metrics.json): no such section.
+    report.write_report(results.drop(columns=["test_cold_map", "test_warm_map"]),
+                        str(tmp_path))
+    assert "Cold and warm" not in (tmp_path / "results.md").read_text()

@@ -59,9 +59,26 @@ def test_cells_run_in_parallel_report_failures_and_finished_cells_are_skipped(tm
     log = (tmp_path / "cells" / "multitask_r1.0_l2_s0" / "log.txt").read_text()
     assert "flag --max_loss=-1.0: must be >= 0" in log
     results = runner.collect(cells, str(tmp_path))
-    assert results.to_dict("records") == [{
+    # A metrics.json without the cold/warm test views (written before them): NaN there.
+    assert results[["test_cold_map", "test_warm_map"]].isna().all().all()
+    assert results.drop(columns=["test_cold_map", "test_warm_map"]).to_dict("records") == [{
         "arm": "image_only", "label_ratio": 1.0, "cf_weight": 0.0, "seed": 0, "val_map": 0.5,
         "test_map": 0.4, "test_precision_at_1": 0.3, "best_epoch": 2, "seconds": 1.0}]
+
+
+def test_collect_reads_the_views_and_warm_buckets(tmp_path):
+    (cell,) = runner.plan_cells(["hybrid"], ["1.0"], ["2"], ["0"])
+    done = tmp_path / "cells" / cell["name"]
+    done.mkdir(parents=True)
+    (done / "metrics.json").write_text(json.dumps({
+        "validation_map": 0.5, "best_epoch": 2, "train_seconds": 1.0,
+        "test": {"macro_map": 0.4, "precision_at_1": 0.3,
+                 "views": {"cold": {"macro_map": 0.4}, "warm": {"macro_map": 0.6}},
+                 "warm_buckets": [{"interactions": "1-9", "num_items": 7, "warm_map": 0.55,
+                                   "cold_map": 0.45}]}}))
+    (row,) = runner.collect([cell], str(tmp_path)).to_dict("records")
+    assert (row["test_cold_map"], row["test_warm_map"]) == (0.4, 0.6)
+    assert (row["warm_map@1-9"], row["cold_map@1-9"], row["items@1-9"]) == (0.55, 0.45, 7)
 
 
 def test_seeds_take_ranges_and_lists():

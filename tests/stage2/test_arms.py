@@ -7,7 +7,7 @@ from cfimage.stage2 import arms
 
 def test_the_runner_and_training_arm_names_are_all_there():
     assert list(arms.ARMS) == ["image_only", "multitask", "multitask_sqrt", "multitask_loss",
-                               "two_stage", "contrastive"]
+                               "two_stage", "contrastive", "hybrid", "hybrid+multitask"]
     assert arms.BASELINE in arms.ARMS
     assert all(arm.cf_loss in (arms.RECONSTRUCTION, arms.TRIPLET) for arm in arms.ARMS.values())
 
@@ -19,6 +19,8 @@ def test_the_runner_and_training_arm_names_are_all_there():
     ("multitask_loss", 1.5, "loss", False, arms.RECONSTRUCTION),
     ("two_stage", 0.0, "loss", True, arms.RECONSTRUCTION),
     ("contrastive", 1.5, "loss", False, arms.TRIPLET),
+    ("hybrid", 0.0, "uniform", False, arms.RECONSTRUCTION),
+    ("hybrid+multitask", 1.5, "loss", False, arms.RECONSTRUCTION),
 ])
 def test_each_arm_given_lambda_1_5_and_loss_weights(name, cf_weight, confidence, pretrain,
                                                     cf_loss):
@@ -28,9 +30,16 @@ def test_each_arm_given_lambda_1_5_and_loss_weights(name, cf_weight, confidence,
     assert (arm.pretrain, arm.cf_loss) == (pretrain, cf_loss)
 
 
+def test_only_the_hybrid_arms_take_the_cf_vector_as_an_input():
+    assert [name for name, arm in arms.ARMS.items() if arm.cf_input] == ["hybrid",
+                                                                         "hybrid+multitask"]
+
+
 def test_grid_lambdas_and_unknown_names():
     assert arms.get("multitask").grid_lambdas(["1", "2"]) == ["1", "2"]
     assert arms.get("image_only").grid_lambdas(["1", "2"]) == [0.0]
     assert arms.get("two_stage").grid_lambdas(["1", "2"]) == [1.0]
+    assert arms.get("hybrid").grid_lambdas(["1", "2"]) == [0.0]
+    assert arms.get("hybrid+multitask").grid_lambdas(["1", "2"]) == ["1", "2"]
     with pytest.raises(ValueError, match="unknown arm 'ensemble'; choose one of image_only, "):
         arms.get("ensemble")
