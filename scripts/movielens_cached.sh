@@ -3,22 +3,65 @@
 # features, label ratios 0.1/0.3/1.0, paired seeds. Resumable: run it again to go on; the
 # report (results.md) is rebuilt from the finished cells each time.
 #   bash scripts/movielens_cached.sh [WORKDIR] [SEEDS]     (defaults: runs/movielens_cached 0-29)
+# Each finished cell's metrics.json is also kept under docs/results/movielens_cached/cells/
+# (commit them as they arrive): a later run on a fresh machine restores them and runs only the
+# cells still missing. It refuses to mix cells whose stage-1 vectors differ (sha256 of the
+# vectors, recorded beside the cells).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKDIR="${1:-runs/movielens_cached}"
 SEEDS="${2:-0-29}"
 DATA="${CFIMAGE_MOVIELENS_DIR:-../shared/data/movielens_posters}"
+RESULTS=docs/results/movielens_cached
 CATALOGUE="$WORKDIR/catalogue"
 if [ ! -f "$CATALOGUE/items.csv" ]; then
   python scripts/prepare_movielens.py --ratings="$DATA/ratings.csv" \
       --posters="$DATA/posters/ml1m" --min_label_count=10 --out="$CATALOGUE"
 fi
-python -m cfimage.experiment --workdir="$WORKDIR" --seeds="$SEEDS" \
-    --arms=image_only,multitask,multitask_sqrt,multitask_loss,two_stage,contrastive \
-    --label_ratios=0.1,0.3,1.0 --cf_weights=0.5,2 \
-    --parallel=2 --threads_per_cell=1 --cells_per_process=50 \
-    --train_flags="--catalogue=$(cd "$CATALOGUE" && pwd),--allow_outside_paths,\
+TRAIN_FLAGS="--catalogue=$(cd "$CATALOGUE" && pwd),--allow_outside_paths,\
 --unknown_interaction_items=keep,--backbone=efficientnet_lite0,--weights=imagenet,\
 --image_size=224x160,--train_backbone=false,--adapter_units=256,\
 --feature_cache=$(mkdir -p "$WORKDIR/features" && cd "$WORKDIR/features" && pwd),\
 --epochs=30,--early_stopping_patience=5,--batch_size=64,--learning_rate=1e-3,--pretrain_epochs=10"
+EXPERIMENT=(python -m cfimage.experiment --workdir="$WORKDIR" --seeds="$SEEDS"
+    --arms=image_only,multitask,multitask_sqrt,multitask_loss,two_stage,contrastive
+    --label_ratios=0.1,0.3,1.0 --cf_weights=0.5,2
+    --parallel=2 --threads_per_cell=1 --cells_per_process=50 --train_flags="$TRAIN_FLAGS")
+
+# Stage 1 first (the experiment reuses it), so that its vectors can be checked against the
+# committed cells' before any cell is restored or run.
+if [ ! -f "$WORKDIR/stage1/cf_stage1.json" ]; then
+  echo "$TRAIN_FLAGS" | tr ',' '\n' > "$WORKDIR/train_flags.txt"
+  python -m cfimage.train --flagfile="$WORKDIR/train_flags.txt" --workdir="$WORKDIR/stage1" \
+      --stage1_only
+fi
+DIGEST="$(python -c "import numpy as np, hashlib, sys; \
+print(hashlib.sha256(np.load(sys.argv[1])['vectors'].tobytes()).hexdigest())" \
+  "$WORKDIR/stage1/cf_embeddings.npz")"
+mkdir -p "$RESULTS/cells"
+if [ -f "$RESULTS/stage1_sha256.txt" ] && [ "$(cat "$RESULTS/stage1_sha256.txt")" != "$DIGEST" ]; then
+  echo "movielens_cached.sh: stage 1 gave other vectors ($DIGEST) than the committed cells" \
+       "($(cat "$RESULTS/stage1_sha256.txt")); move $RESULTS/cells away to start afresh" >&2
+  exit 1
+fi
+echo "$DIGEST" > "$RESULTS/stage1_sha256.txt"
+for saved in "$RESULTS"/cells/*/metrics.json; do
+  [ -f "$saved" ] || continue
+  cell="$(basename "$(dirname "$saved")")"
+  if [ ! -f "$WORKDIR/cells/$cell/metrics.json" ]; then
+    mkdir -p "$WORKDIR/cells/$cell" && cp "$saved" "$WORKDIR/cells/$cell/metrics.json"
+  fi
+done
+
+keep_cells() {  # copies every finished cell's metrics.json (and the report) into $RESULTS
+  for done_cell in "$WORKDIR"/cells/*/metrics.json; do
+    [ -f "$done_cell" ] || continue
+    cell="$(basename "$(dirname "$done_cell")")"
+    mkdir -p "$RESULTS/cells/$cell" && cp "$done_cell" "$RESULTS/cells/$cell/metrics.json"
+  done
+  for report in results.md results.csv map_vs_label_ratio.png gain_vs_label_ratio.png; do
+    if [ -f "$WORKDIR/$report" ]; then cp "$WORKDIR/$report" "$RESULTS/"; fi
+  done
+}
+trap keep_cells EXIT
+"${EXPERIMENT[@]}"
