@@ -27,8 +27,11 @@ def flag_names(module_or_script):
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_script_parses_and_refuses_without_a_gpu(script):
     subprocess.run(["bash", "-n", script], cwd=ROOT, check=True)
+    # The scripts call `python`: the one running the tests, as in an activated venv.
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     result = subprocess.run(["bash", script], cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=300)
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "PATH": path},
+                            timeout=300)
     assert result.returncode != 0
     assert "TensorFlow sees no GPU" in result.stderr
 

@@ -41,6 +41,7 @@ def test_unreadable_images_are_found_and_odd_but_valid_ones_pass(tmp_path):
 def _train_command(workdir, catalogue, *extra):
     return [sys.executable, "-m", "cfimage.train", f"--catalogue={catalogue}",
             "--image_size=32", "--batch_size=16", "--cf_epochs=2", f"--workdir={workdir}",
+            "--backbone=efficientnet_lite0", "--weights=none",
             "--noexport", *extra]
 
 

@@ -17,7 +17,8 @@ import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 TINY = ["--demo_items=60", "--demo_users=40", "--image_size=32", "--weights=none",
-        "--epochs=1", "--cf_epochs=1"]
+        "--epochs=1", "--cf_epochs=1", "--train_backbone=false",
+        "--backbone=efficientnet_lite0"]  # heads on cached features: what grids train
 
 
 def _free_port():
@@ -85,7 +86,7 @@ def test_tensorboard_serves_scalars_projector_and_hparams_of_runs_and_cells(tmp_
     done = subprocess.run(
         [sys.executable, "-m", "cfimage.experiment", f"--workdir={experiment}",
          "--arms=image_only,multitask", "--label_ratios=1.0", "--cf_weights=1", "--seeds=0",
-         "--threads_per_cell=1", f"--train_flags={','.join(TINY)}"],
+         "--threads_per_cell=1", "--cells_per_process=2", f"--train_flags={','.join(TINY)}"],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"},
         capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -15,6 +15,10 @@ pytestmark = pytest.mark.slow  # trains in child processes
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 TINY = ["--demo_items=120", "--demo_users=60", "--image_size=32", "--epochs=2",
         "--batch_size=16", "--cf_epochs=2"]
+# Runs that test something other than the end-to-end image model train heads on cached
+# features (the same trainer code; tests/stage2/test_cached.py trains every arm there): that
+# spares the backbone's tracing in each child process.
+CACHED = ["--train_backbone=false", "--backbone=efficientnet_lite0", "--weights=none"]
 
 
 def run_train(args, cwd):
@@ -99,10 +103,11 @@ def test_user_vectors_skip_stage_1(demo_run, tmp_path):
     (tmp_path / "vectors.csv").write_text("\n".join(lines) + "\n")
     result = run_train(TINY + [f"--catalogue={base}/run/demo_catalogue", "--epochs=1",
                                f"--cf_embeddings={tmp_path}/vectors.csv",
-                               f"--workdir={tmp_path}/run", "--noexport"], cwd=str(tmp_path))
+                               f"--workdir={tmp_path}/run", "--noexport", *CACHED],
+                       cwd=str(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "stage 1 skipped" in result.stdout
-    assert "CF targets: 60/120 items have a vector (dim 3)" in result.stdout
+    assert "60/120 items have a vector (dim 3 -> 3)" in result.stdout
     assert (tmp_path / "run" / "metrics.json").is_file()
 
 
@@ -136,10 +141,13 @@ def test_a_user_error_found_while_running_is_one_line_and_exit_status_1(tmp_path
     assert "Traceback" not in result.stderr
 
 
+# Two-stage end to end (its CF-only phase trains the whole network), the others cached.
 @pytest.mark.parametrize("arm_flags,expected", [
-    (["--arm=two_stage", "--pretrain_epochs=1"], "two-stage: phase 1, 1 epochs"),
-    (["--arm=contrastive", "--cf_confidence=loss"], "CF confidence weights (loss)"),
-    (["--arm=image_only", "--cf_weight=3"], "stage 2 (image_only): 1 epochs of "),
+    (["--arm=two_stage", "--pretrain_epochs=1", "--backbone=efficientnet_lite0",
+      "--weights=none"], "two-stage: phase 1, 1 epochs"),
+    (["--arm=contrastive", "--cf_confidence=loss", *CACHED], "CF confidence weights (loss)"),
+    (["--arm=image_only", "--cf_weight=3", *CACHED], "stage 2 (image_only, heads on cached "
+     "features): 1 epochs of "),
 ])
 def test_paper_baselines_and_variants_run(demo_run, tmp_path, arm_flags, expected):
     base, _ = demo_run
@@ -158,13 +166,14 @@ def test_paper_baselines_and_variants_run(demo_run, tmp_path, arm_flags, expecte
 
 
 @pytest.mark.parametrize("options, model, loss, stage1_line", [
-    # End to end, the paper's CF model, whitened targets, the score loss, and the export.
+    # The paper's CF model, whitened targets, the score loss, and the export (of a cached run:
+    # backbone + heads, tests/stage2/test_cached_export.py).
     (["--cf_model=mult_vae", "--cf_vae_epochs=3", "--cf_vae_batch_size=32",
-      "--cf_target=pca_whiten:4", "--cf_loss=score"], "mult_vae", "score",
+      "--cf_target=pca_whiten:4", "--cf_loss=score", *CACHED], "mult_vae", "score",
      "recall@10 Mult-VAE"),
     # Heads on cached features, SVD vectors, unit-length targets, InfoNCE.
-    (["--cf_model=svd", "--cf_target=l2", "--cf_loss=infonce", "--train_backbone=false",
-      "--backbone=efficientnet_lite0", "--noexport"], "svd", "infonce", "recall@10 SVD model"),
+    (["--cf_model=svd", "--cf_target=l2", "--cf_loss=infonce", *CACHED, "--noexport"], "svd",
+     "infonce", "recall@10 SVD model"),
 ])
 def test_cf_model_target_and_loss_options_run(tmp_path, options, model, loss, stage1_line):
     result = run_train(TINY + [f"--workdir={tmp_path}/run", f"--export_dir={tmp_path}/saved",

@@ -183,6 +183,7 @@ def test_every_entry_point_refuses_a_file_as_workdir_in_one_line(tmp_path):
 def test_a_second_run_on_a_workdir_in_use_is_refused_and_the_first_exports_intact(tmp_path):
     run, exports = tmp_path / "run", tmp_path / "saved_models"
     flags = ["--demo_items=60", "--demo_users=40", "--image_size=32", "--weights=none",
+             "--backbone=efficientnet_lite0",  # the smaller graph: a faster child process
              "--epochs=1", "--cf_epochs=1", "--threads=1", f"--workdir={run}",
              f"--export_dir={exports}", "--model_name=m"]
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}

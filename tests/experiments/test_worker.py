@@ -16,14 +16,16 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
 def _tiny_experiment(tmp_path):
-    """A 60-item demo catalogue at 32 px and random CF vectors (stage 1 is not under test)."""
+    """A 60-item demo catalogue at 32 px and random CF vectors (stage 1 is not under test);
+    the cells train on cached backbone features, as experiment grids do, from one cache."""
     root = demo.make_demo_catalogue(str(tmp_path / "catalogue"), seed=2, num_items=60,
                                     num_users=30, image_size=32)
     ids = [f"item{i:05d}" for i in range(60)]
     vectors = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
     np.savez(tmp_path / "vectors.npz", ids=np.array(ids), vectors=vectors)
     return [f"--catalogue={root}", f"--cf_embeddings={tmp_path / 'vectors.npz'}",
-            "--image_size=32", "--weights=none", "--epochs=1", "--batch_size=16"]
+            "--image_size=32", "--weights=none", "--epochs=1", "--batch_size=16",
+            "--train_backbone=false", f"--feature_cache={tmp_path / 'features'}"]
 
 
 def _metrics(path):
@@ -41,11 +43,6 @@ def test_a_worker_runs_cells_as_their_own_processes_would(tmp_path, monkeypatch)
     first, second = runner.plan_cells(["multitask"], ["0.5"], ["2"], ["0", "1"])
     # A cell whose flags fail to parse (label ratio out of range), first in the worker.
     bad = dict(first, label_ratio=1.5, name="bad")
-    # The second cell alone, as cells_per_process=1 runs it.
-    alone = tmp_path / "alone"
-    command = runner.train_command(base, runner.cell_flags(second, str(alone), threads=1))
-    subprocess.run(command, check=True, capture_output=True)
-
     messages = []
     runner.run_cells([bad, first, second], base, str(tmp_path), parallel=1, threads=1,
                      log=messages.append, cells_per_process=3)
@@ -64,6 +61,11 @@ def test_a_worker_runs_cells_as_their_own_processes_would(tmp_path, monkeypatch)
     second_log = (tmp_path / "cells" / second["name"] / "log.txt").read_text()
     assert "--seed=1" in second_log and "--seed=0" not in second_log
     assert "[cfimage] test (checkpoint of epoch 1" in second_log
+    # The second cell alone, as cells_per_process=1 runs it (the features are in the cache
+    # by now, as they were for the worker's second cell).
+    alone = tmp_path / "alone"
+    command = runner.train_command(base, runner.cell_flags(second, str(alone), threads=1))
+    subprocess.run(command, check=True, capture_output=True)
     # The cell that ran after another seed's cell gives exactly what it gives alone: the
     # global seed, layer names and Keras state of the first cell did not leak into it.
     assert _metrics(tmp_path / "cells" / second["name"] / "metrics.json") == \

@@ -139,6 +139,7 @@ def test_train_streams_from_shards_when_the_images_exceed_the_cache_limit(tiny, 
         [sys.executable, "-m", "cfimage.train", f"--catalogue={catalogue.root}",
          f"--cf_embeddings={tmp_path}/vectors.npz", "--image_size=32", "--batch_size=8",
          "--epochs=1", "--cache_limit_gb=0.00001", "--noexport", "--threads=1",
+         "--backbone=efficientnet_lite0", "--weights=none",
          f"--workdir={tmp_path}/run"], capture_output=True, text=True, timeout=600,
         cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": os.path.abspath(ROOT)})
     assert result.returncode == 0, result.stderr[-3000:]
