@@ -24,15 +24,9 @@ from cfimage.stage1 import baselines, holdout, mult_vae, two_tower
 def train(rows, item_ids, config, log=print, tensorboard_dir=None, backup_dir=None):
     """CF vectors of `config.model` (mult_vae or svd) for the catalogue `item_ids` from the
     in-memory rows (memory.Rows) -> two_tower.CFResult."""
-    config.validate()
     summary = rows.summary
-    catalogue = np.asarray(item_ids).astype(str)
-    if catalogue.ndim != 1 or len(catalogue) == 0:
-        raise ValueError("item_ids: the catalogue must be a non-empty 1-d list of ids")
-    if summary.full.n_rows == 0:
-        raise ValueError(f"min_rating={config.min_rating} drops all {summary.n_rows} "
-                         "interactions")
-    catalogue_rows, catalogue_counts = two_tower.catalogue_table(summary, catalogue)
+    catalogue, catalogue_rows, catalogue_counts = two_tower.checked_catalogue(
+        summary, item_ids, config)
     writer = tf.summary.create_file_writer(tensorboard_dir) if tensorboard_dir else None
     metrics = {"n_interactions": summary.n_rows, "n_users": len(summary.users),
                "n_log_items": len(summary.item_counts), "cf_model": config.model}

@@ -301,14 +301,7 @@ def train(summary, make_dataset, item_ids, config, log=print, tensorboard_dir=No
     (for the SVD baseline). Catalogue items with fewer than min_interactions fitted rows get
     zeros and has_vector False. With `backup_dir` a killed run resumes (see `fit`).
     """
-    config.validate()
-    catalogue = np.asarray(item_ids).astype(str)
-    if catalogue.ndim != 1 or len(catalogue) == 0:
-        raise ValueError("item_ids: the catalogue must be a non-empty 1-d list of ids")
-    if summary.full.n_rows == 0:
-        raise ValueError(f"min_rating={config.min_rating} drops all {summary.n_rows} "
-                         "interactions")
-    catalogue_rows, catalogue_counts = catalogue_table(summary, catalogue)
+    catalogue, catalogue_rows, catalogue_counts = checked_catalogue(summary, item_ids, config)
     writer = tf.summary.create_file_writer(tensorboard_dir) if tensorboard_dir else None
     metrics = dict(metrics or {}, n_interactions=summary.n_rows, n_users=len(summary.users),
                    n_log_items=len(summary.item_counts))
@@ -335,6 +328,20 @@ def train(summary, make_dataset, item_ids, config, log=print, tensorboard_dir=No
     return catalogue_result(summary, catalogue, catalogue_rows, catalogue_counts,
                             model.item_model.embeddings.numpy(),
                             model.user_model.embeddings.numpy(), config, metrics, log)
+
+
+def checked_catalogue(summary, item_ids, config):
+    """The config checked, and the catalogue `item_ids` as (ids, table rows, counts) of the
+    LogSummary `summary` (catalogue_table); ValueError for an empty catalogue or a log that
+    min_rating empties. Every stage-1 model starts with it."""
+    config.validate()
+    catalogue = np.asarray(item_ids).astype(str)
+    if catalogue.ndim != 1 or len(catalogue) == 0:
+        raise ValueError("item_ids: the catalogue must be a non-empty 1-d list of ids")
+    if summary.full.n_rows == 0:
+        raise ValueError(f"min_rating={config.min_rating} drops all {summary.n_rows} "
+                         "interactions")
+    return (catalogue, *catalogue_table(summary, catalogue))
 
 
 def catalogue_table(summary, catalogue):

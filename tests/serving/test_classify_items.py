@@ -5,7 +5,6 @@ exactly, a known id uses the item's vector, bad ids do not crash the server, and
 records and the client's requests replay. Then a refreshed table (cfimage/serving/refresh.py)
 gives a new item its vector without retraining."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,6 +20,7 @@ from cfimage.catalogue import reader
 from cfimage.errors import UserError
 from cfimage.serving import export, refresh
 from cfimage.stage1 import embedding_files
+from tests.serving.test_signatures import _load_client
 
 pytestmark = pytest.mark.slow  # trains and serves in child processes
 
@@ -78,14 +78,6 @@ SERVER_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _client():
-    spec = importlib.util.spec_from_file_location("client", os.path.join(ROOT, "scripts",
-                                                                         "client.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _serve(path, work, paths, known):
     (work / "case.json").write_text(json.dumps({"paths": paths, "known": known}))
     result = subprocess.run([sys.executable, "-c", SERVER_SCRIPT, path, str(work)],
@@ -123,7 +115,7 @@ def run(tmp_path_factory):
         requests.append(work / f"warmup{i}.pb")
         requests[-1].write_bytes(prediction_log_pb2.PredictionLog.FromString(
             record).predict_log.request.SerializeToString())
-    client = _client()
+    client = _load_client()
     images = [open(p, "rb").read() for p in paths[:2]]
     requests.append(work / "client_classify_items.pb")
     requests[-1].write_bytes(client.predict_request("tiny", "classify_items", images,

@@ -45,9 +45,8 @@ def catalogue_root(tmp_path_factory):
     return make_catalogue(tmp_path_factory)
 
 
-def setup_run(root, workdir, *argv):
-    """(catalogue, Stage2Inputs, Stage2Config, Runtime) of cfimage.train's flags `argv`, with
-    random CF vectors (stage 1 is not what these tests are about)."""
+def run_config(root, workdir, *argv):
+    """(RunConfig, catalogue, Runtime) of cfimage.train's flags `argv` on cached features."""
     flag_values = flags.FlagValues()
     train_flags.define_flags(flag_values)
     flag_values(["cfimage.train", f"--catalogue={root}", f"--workdir={workdir}",
@@ -55,7 +54,13 @@ def setup_run(root, workdir, *argv):
                  "--train_backbone=false", *argv])
     config = config_lib.from_flags(flag_values)
     catalogue = reader.load_catalogue(root, config.catalogue.spec)
-    runtime = runtime_lib.start(config.stage2, workdir, log=quiet)
+    return config, catalogue, runtime_lib.start(config.stage2, workdir, log=quiet)
+
+
+def setup_run(root, workdir, *argv):
+    """(catalogue, Stage2Inputs, Stage2Config, Runtime) of cfimage.train's flags `argv`, with
+    random CF vectors (stage 1 is not what these tests are about)."""
+    config, catalogue, runtime = run_config(root, workdir, *argv)
     vectors = np.random.default_rng(0).normal(size=(catalogue.num_items, CF_DIM))
     has_vector = np.arange(catalogue.num_items) % 5 != 0  # some items have no vector
     stage2_inputs = inputs_lib.prepare(

@@ -8,16 +8,11 @@ import os
 
 import numpy as np
 import pytest
-from absl import flags
 
-from cfimage import config as config_lib
-from cfimage import train_flags
-from cfimage.catalogue import reader
 from cfimage.errors import UserError
 from cfimage.stage2 import cf_targets, losses, trainer
 from cfimage.stage2 import inputs as inputs_lib
-from cfimage.stage2 import runtime as runtime_lib
-from tests.stage2.test_cached import BACKBONE, make_catalogue, quiet
+from tests.stage2.test_cached import make_catalogue, quiet, run_config
 
 CF_DIM = 6
 
@@ -31,14 +26,7 @@ USERS = np.random.default_rng(1).normal(size=(15, CF_DIM))
 
 
 def prepare(root, workdir, *argv, users=USERS, counts=None):
-    flag_values = flags.FlagValues()
-    train_flags.define_flags(flag_values)
-    flag_values(["cfimage.train", f"--catalogue={root}", f"--workdir={workdir}",
-                 f"--backbone={BACKBONE}", "--image_size=32", "--batch_size=8", "--epochs=1",
-                 "--train_backbone=false", *argv])
-    config = config_lib.from_flags(flag_values)
-    catalogue = reader.load_catalogue(root, config.catalogue.spec)
-    runtime = runtime_lib.start(config.stage2, workdir, log=quiet)
+    config, catalogue, runtime = run_config(root, workdir, *argv)
     vectors = np.random.default_rng(0).normal(size=(catalogue.num_items, CF_DIM)) + 3.0
     has_vector = np.arange(catalogue.num_items) % 5 != 0  # some items have no vector
     lines = []
