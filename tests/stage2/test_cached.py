@@ -103,9 +103,11 @@ def test_cached_and_end_to_end_models_give_the_same_predictions(catalogue_root, 
         from_images = model.predict(pixels, verbose=0)
         for output in ("labels", "cf"):
             assert_same(from_cache[output], from_images[output])
-    # Not a comparison of constants: the images get different scores.
-    assert from_cache["labels"].std(axis=0).min() > 1e-3
-    assert from_cache["cf"].std(axis=0).min() > 1e-3
+    # Not a comparison of constants: the images' outputs spread ten times wider than the tolerance
+    # of `assert_same` (an absolute floor would depend on the CPU's float kernels).
+    for output in ("labels", "cf"):
+        spread = from_cache[output].std(axis=0).min()
+        assert spread > 10 * 1e-4 * float(np.abs(from_cache[output]).max()), output
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 def test_export_of_a_cached_run_serves_what_the_heads_predict(tmp_path):
     args = ["--demo_items=120", "--demo_users=60", "--image_size=32", "--epochs=2",
             "--batch_size=16", "--cf_epochs=1", "--cf_dim=8", "--backbone=efficientnet_lite0",
-            "--train_backbone=false", "--adapter_units=8", f"--workdir={tmp_path}/run",
+            "--train_backbone=false", "--adapter_units=64", f"--workdir={tmp_path}/run",
             f"--export_dir={tmp_path}/saved", "--model_name=tiny", "--threads=1"]
     result = subprocess.run([sys.executable, "-m", "cfimage.train", *args], cwd=str(tmp_path),
                             env={**os.environ, "PYTHONPATH": os.path.abspath(ROOT)},
@@ -34,7 +34,7 @@ def test_export_of_a_cached_run_serves_what_the_heads_predict(tmp_path):
     assert metrics["stage2"]["train_backbone"] is False
     assert metrics["stage2"]["feature_cache"] == str(run / "features")
     config = json.loads((run / "config.json").read_text())["stage2"]
-    assert (config["train_backbone"], config["adapter_units"]) == (False, 8)
+    assert (config["train_backbone"], config["adapter_units"]) == (False, 64)
     export = tmp_path / "saved" / "tiny" / "1"
     meta = json.loads((export / "assets.extra" / "cfimage.json").read_text())
     assert meta["signatures"] == ["serving_default", "predict_pixels", "embed",
@@ -48,7 +48,7 @@ def test_export_of_a_cached_run_serves_what_the_heads_predict(tmp_path):
                               (32, 32), ("plain",), log=lambda _: None)
     assert plain.computed == 0  # the run cached them in <workdir>/features
     heads = model_lib.build_heads(plain.views["plain"].shape[1], catalogue.num_classes, True,
-                                  8, adapter_units=8)
+                                  8, adapter_units=64)
     heads.load_weights(str(run / "checkpoints" / "best.weights.h5"))
     expected = heads.predict(plain.views["plain"], verbose=0)["labels"]
     assert expected.std(axis=0).max() > 1e-3  # scores that differ between the images
