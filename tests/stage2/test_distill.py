@@ -270,3 +270,24 @@ def test_the_distill_arm_trains_end_to_end(catalogue_root, tmp_path):
     result = trainer.train(catalogue, inputs, 6, stage2, runtime, log=lines.append)
     check_trained(result, runtime, stage2, inputs)
     assert result.summary["train_backbone"] is True
+
+
+@pytest.mark.slow
+def test_cfimage_train_runs_the_distill_arm_and_records_it(tmp_path):
+    from tests.test_train import CACHED, TINY, run_train
+    result = run_train(TINY + CACHED + [f"--workdir={tmp_path}/run", "--noexport", "--threads=1",
+                                        "--arm=distill", "--label_ratio=0.5",
+                                        "--distill_weight=0.5"], cwd=str(tmp_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "distill teacher (sigmoid on CF vectors, L2 α = " in result.stdout
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["arm"], metrics["distill_weight"], metrics["cf_weight"]) == (
+        "distill", 0.5, 0.0)
+    teacher = json.loads((run / "distill_teacher.json").read_text())
+    assert metrics["stage2"]["teacher"] == teacher and metrics["stage2"]["distill_weight"] == 0.5
+    assert 0 < teacher["fit_items"] < teacher["soft_label_items"] <= metrics["num_items"]["train"]
+    assert metrics["test"]["macro_map"] > 0
+    config = json.loads((run / "config.json").read_text())
+    assert (config["stage2"]["arm"], config["stage2"]["distill_weight"]) == ("distill", 0.5)
+    assert "labels_distill" in (run / "history.csv").read_text().splitlines()[0].split(",")
