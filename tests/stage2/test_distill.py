@@ -76,6 +76,23 @@ def test_with_distillation_keeps_the_label_loss_settings():
     assert isinstance(softmax, losses.DistilledCrossEntropy) and softmax.distill_weight == 3.0
 
 
+def test_a_model_compiled_for_distill_saves_and_loads_with_its_loss(tmp_path):
+    # The export saves the trained model whole (serving_model.keras, compile config included).
+    import keras
+
+    from cfimage.stage2 import fit
+    from tests.stage2.test_fit import _tiny_model
+    model = _tiny_model()
+    fit.compile_model(model, fit.make_optimizer("adamw", 1e-3, 0.0, 1.0, 10),
+                      losses.MaskedWeightedBCE([1.5, 1.0]), "distill", 1.0, 0.0, False,
+                      distill_weight=0.7)
+    model.save(str(tmp_path / "model.keras"))
+    loaded = keras.saving.load_model(str(tmp_path / "model.keras"))
+    assert isinstance(loaded.loss["labels"], losses.DistilledBCE)
+    assert loaded.loss["labels"].get_config() == {"pos_weight": [1.5, 1.0], "name": "distilled_bce",
+                                                  "distill_weight": 0.7}
+
+
 # --- The teacher ------------------------------------------------------------------------------
 
 
@@ -225,6 +242,27 @@ def test_inputs_soft_labels_ignore_the_validation_and_test_labels(catalogue_root
     np.testing.assert_array_equal(soft_labels(changed)[0], soft)
     changed[splits["train"]] = 1.0 - changed[splits["train"]]  # these it reads
     assert np.abs(soft_labels(changed)[0] - soft).max() > 0.1
+
+
+def test_a_split_without_labelled_training_vectors_is_a_user_error(catalogue_root, tmp_path):
+    from cfimage.errors import UserError
+    config, catalogue, runtime = run_config(catalogue_root, str(tmp_path), "--arm=distill",
+                                            "--label_ratio=0.3")
+    # Vectors for the training items whose labels the mask drops, as inputs.prepare draws it.
+    from cfimage.stage2 import data
+    train = data.split_items(catalogue.num_items, catalogue.labelled, config.stage2.split,
+                             0)["train"]
+    labelled = data.mask_labels(catalogue.labelled, train, 0.3, 0)
+    has_vector = np.isin(np.arange(catalogue.num_items), train) & ~labelled
+    assert has_vector.any()
+    with pytest.raises(UserError, match=r"--arm=distill: the distill teacher needs labelled "
+                                        r"training items with a CF vector, and this split has "
+                                        r"none; raise --label_ratio or use another arm"):
+        inputs_lib.prepare(catalogue, np.random.default_rng(0).normal(
+                               size=(catalogue.num_items, 6)), has_vector, config.stage2, 0.5,
+                           "auto",
+                           runtime.global_batch, runtime.outdir,
+                           count_interactions=lambda: np.ones(catalogue.num_items), log=quiet)
 
 
 def check_trained(result, runtime, stage2, inputs, tag=""):
