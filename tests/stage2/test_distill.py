@@ -284,10 +284,12 @@ def check_trained(result, runtime, stage2, inputs, tag=""):
     assert np.all(np.isfinite(scores))
 
 
+# 9 s and more each (feature extraction, tracing): the slow tier. The fast tier compiles and
+# evaluates the distill arms (tests/stage2/test_fit.py) and checks the loss by hand above.
+@pytest.mark.slow
 @pytest.mark.parametrize("arm, extra", [
     ("distill", []),
-    pytest.param("distill+multitask", ["--cf_weight=0.5", "--finetune_epochs=1"],
-                 marks=pytest.mark.slow),
+    ("distill+multitask", ["--cf_weight=0.5", "--finetune_epochs=1"]),
 ])
 def test_the_distill_arms_train_on_cached_features(catalogue_root, tmp_path, arm, extra):
     catalogue, inputs, stage2, runtime, _, _, lines = prepare(
