@@ -51,20 +51,22 @@ def _with_bias(features):
 
 def fit_linear(features, labels, alpha, multi_label, initial=None):
     """Weights (d + 1, C), the last row the biases, minimising the mean cross-entropy +
-    α/2 ‖W‖² (biases unpenalised), by L-BFGS from `initial` (default zeros). For both link
-    functions the gradient of the data term is Xᵀ(P − Y) / n."""
+    α/2 ‖W‖² (biases unpenalised), by L-BFGS from `initial` (default zeros). The gradient of
+    the data term is Xᵀ(P − Y) / n for sigmoids, Xᵀ(P·Σ_c y − Y) / n for the softmax (the
+    same for one-hot rows; --task=single_label on multi-hot rows has Σ_c y > 1)."""
     x = _with_bias(np.asarray(features, np.float64))
     y = np.asarray(labels, np.float64)
     n, num_classes = len(x), y.shape[1]
     penalised = np.ones((x.shape[1], 1))
     penalised[-1] = 0.0
+    total = 1.0 if multi_label else y.sum(axis=1, keepdims=True)
 
     def objective(flat):
         weights = flat.reshape(x.shape[1], num_classes)
         p = _probabilities(x @ weights, multi_label)
         loss = cross_entropy(y, p, multi_label) + 0.5 * alpha * float(
             (penalised * weights ** 2).sum())
-        gradient = x.T @ (p - y) / n + alpha * penalised * weights
+        gradient = x.T @ (p * total - y) / n + alpha * penalised * weights
         return loss, gradient.ravel()
 
     start = np.zeros(x.shape[1] * num_classes) if initial is None else np.ravel(initial)

@@ -193,6 +193,28 @@ def test_the_fit_minimises_the_penalised_cross_entropy():
     assert distill.predict(weights, features, True)[:, 0] == pytest.approx([0.75] * 4, abs=1e-3)
 
 
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_the_gradient_of_the_fit_matches_finite_differences(multi_label, monkeypatch):
+    # Through scipy's check on the objective fit_linear minimises: multi-hot rows under the
+    # softmax too (--task=single_label on a multi-label catalogue).
+    from scipy import optimize
+    rng = np.random.default_rng(2)
+    features, labels = rng.normal(size=(12, 3)), (rng.random((12, 4)) < 0.4).astype(float)
+    labels[:, 0] = 1.0
+    captured = {}
+
+    def spy(objective, start, **kwargs):
+        captured["objective"] = objective
+        return optimize.OptimizeResult(x=start)
+
+    monkeypatch.setattr(distill.optimize, "minimize", spy)
+    distill.fit_linear(features, labels, 0.3, multi_label)
+    point = rng.normal(size=4 * 4)
+    error = optimize.check_grad(lambda w: captured["objective"](w)[0],
+                                lambda w: captured["objective"](w)[1], point)
+    assert error < 1e-5
+
+
 # --- Stage 2 inputs and training ---------------------------------------------------------------
 
 
