@@ -101,6 +101,7 @@ class Stage2Config:
     cf_loss: str = "paper"  # paper | mse | cosine | infonce | score
     cf_temperature_stage2: float = 0.1  # infonce
     cf_loss_min_interactions: int = 0  # items with fewer interactions: weight 0 in the CF loss
+    distill_weight: float = 0.0  # distill arms: weight of the distillation loss (others: 0)
 
     @property
     def arm_spec(self):
@@ -264,7 +265,8 @@ def from_flags(flags):
             feature_cache=feature_cache, finetune_epochs=flags.finetune_epochs,
             unfreeze=flags.unfreeze, finetune_learning_rate=flags.finetune_learning_rate,
             cf_loss=flags.cf_loss, cf_temperature_stage2=flags.cf_temperature_stage2,
-            cf_loss_min_interactions=flags.cf_loss_min_interactions),
+            cf_loss_min_interactions=flags.cf_loss_min_interactions,
+            distill_weight=arm.distill_weight(flags.distill_weight)),
         output=OutputConfig(
             workdir=workdir,
             model_name=model_name, export_dir=flags.export_dir, export=flags.export,

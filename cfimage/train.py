@@ -109,6 +109,7 @@ def main(argv):
         "test": test, "best_epoch": trained.best.best_epoch, "validation_map": trained.best.best,
         "arm": stage2_config.arm, "cf_weight": stage2_config.cf_weight,
         "cf_confidence": stage2_config.cf_confidence, "cf_loss": stage2_config.cf_loss,
+        "distill_weight": stage2_config.distill_weight,
         "stage1": stage1.metrics,
         "stage2": trained.summary, "cf_scaling": stage2_inputs.cf_scaling,
         "train_seconds": round(time.time() - started, 1),

@@ -182,6 +182,11 @@ def define_flags(flag_values=flags.FLAGS):
                          "this are left out of the CF loss (weight 0) in this arm; unlike "
                          "--cf_min_interactions it does not change stage 1, so cells sharing "
                          "one stage 1 can differ (0 or 1 = keep all).", flag_values=flag_values)
+    flags.DEFINE_float("distill_weight", 1.0, "distill arms: weight of the distillation loss "
+                       "(the label head against the soft labels of a CF → labels teacher fit on "
+                       "the labelled training items, on every training item with a CF vector) "
+                       "next to the label loss (weight 1). Other arms ignore it.",
+                       flag_values=flag_values)
     flags.DEFINE_integer("pretrain_epochs", 5, "two_stage: epochs of CF-only pre-training.",
                          flag_values=flag_values)
     flags.DEFINE_float("triplet_margin", 0.25, "contrastive: triplet margin (mean squared units).",
@@ -291,6 +296,8 @@ def define_flags(flag_values=flags.FLAGS):
         "cf_temperature_stage2": (lambda value: 1e-3 <= value <= 100, "must be in [0.001, "
                                   "100]"),
         "cf_loss_min_interactions": (lambda value: value >= 0, "must be >= 0 (0 = keep all)"),
+        "distill_weight": (lambda value: 0 < value <= 100, "must be in (0, 100]: the weight "
+                           "of the distillation loss next to the label loss (weight 1)"),
         "dropout": (lambda value: 0.0 <= value < 1.0, "must be in [0, 1)"),
         "cf_input_dropout": (lambda value: 0.0 <= value <= 1.0, "must be in [0, 1]: the share "
                              "of training items whose CF input is zeroed each step"),

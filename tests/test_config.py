@@ -66,6 +66,9 @@ def test_stage_1_flags_reach_the_two_tower_config():
      0.5, "sqrt"),
     (["--arm=contrastive", "--cf_weight=0.5", "--cf_confidence=sqrt"], "contrastive", 0.5,
      "sqrt"),
+    (["--arm=distill", "--cf_weight=3"], "distill", 0.0, "uniform"),
+    (["--arm=distill+multitask", "--cf_weight=0.5", "--cf_confidence=sqrt"],
+     "distill+multitask", 0.5, "sqrt"),
 ])
 def test_the_arm_decides_lambda_and_confidence(argv, arm, cf_weight, confidence):
     stage2 = config_of(*argv).stage2
@@ -104,6 +107,12 @@ def test_hybrid_settings_reach_the_config():
     assert config_of().stage2.warm_buckets == (1, 10, 100, 1000)
 
 
+def test_the_distillation_weight_reaches_the_config_of_the_distill_arms_only():
+    assert config_of("--arm=distill", "--distill_weight=0.25").stage2.distill_weight == 0.25
+    assert config_of("--arm=distill+multitask").stage2.distill_weight == 1.0  # the default
+    assert config_of("--arm=multitask", "--distill_weight=0.25").stage2.distill_weight == 0.0
+
+
 def test_multi_worker_runs_with_vectors_or_as_stage_1_only():
     assert config_of("--strategy=multi_worker", "--cf_embeddings=v.npz").stage2.strategy == \
         "multi_worker"
@@ -124,6 +133,8 @@ def test_multi_worker_runs_with_vectors_or_as_stage_1_only():
     (["--dropout=1"], "flag --dropout=1.0: must be in [0, 1)"),
     (["--cf_input_dropout=1.5"], "flag --cf_input_dropout=1.5: must be in [0, 1]"),
     (["--arm=ensemble"], "value should be one of <image_only|multitask|"),
+    (["--distill_weight=0"], "flag --distill_weight=0.0: must be in (0, 100]"),
+    (["--distill_weight=101"], "flag --distill_weight=101.0: must be in (0, 100]"),
 ])
 def test_single_flag_bounds_stop_the_parse(argv, message):
     with pytest.raises(flags.IllegalFlagValueError) as error:

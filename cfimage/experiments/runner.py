@@ -211,5 +211,8 @@ def collect(cells, workdir):
                      "test_map": metrics["test"]["macro_map"],
                      "test_precision_at_1": metrics["test"]["precision_at_1"],
                      "best_epoch": metrics["best_epoch"],
+                     # --distill_weight of the distill arms (cfimage.train's flag, not a grid
+                     # axis: pass it in --train_flags); 0 for the other arms.
+                     "distill_weight": metrics.get("distill_weight", 0.0),
                      "seconds": metrics.get("train_seconds"), **_view_columns(metrics["test"])})
     return pd.DataFrame(rows)

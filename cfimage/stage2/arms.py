@@ -8,7 +8,10 @@ An arm fixes what stage 2 optimises:
   * the confidence weighting of the CF loss per item (or None: --cf_confidence decides);
   * whether the model also takes the item's own CF vector as an input (the "hybrid" arms:
     cfimage/stage2/hybrid.py), trained with --cf_input_dropout so that it still classifies an
-    image without a vector.
+    image without a vector;
+  * whether the label head also learns the soft labels of a CF → labels teacher on every
+    training item with a CF vector, weighted by --distill_weight (the "distill" arms:
+    cfimage/stage2/distill.py).
 
 `cfimage.train --arm=NAME` trains one arm, `fit.compile_model` picks the CF loss from it,
 and `cfimage.experiment --arms=...` runs a grid of them. Plain data: no TensorFlow import.
@@ -33,10 +36,16 @@ class Arm:
     grid_lambda: float | None = None
     # The CF vector is also an input of the label head (with CF-input dropout): hybrid.py.
     cf_input: bool = False
+    # The label loss adds --distill_weight × the distillation loss (teacher's soft labels).
+    distill: bool = False
 
     def cf_weight(self, flag_value):
         """λ of the (main) training phase, given --cf_weight."""
         return float(flag_value) if self.lambda_from_flag else 0.0
+
+    def distill_weight(self, flag_value):
+        """The weight of the distillation loss, given --distill_weight (0 without one)."""
+        return float(flag_value) if self.distill else 0.0
 
     def confidence_weighting(self, flag_value):
         """The CF-loss weighting this arm trains with, given --cf_confidence."""
@@ -70,6 +79,14 @@ ARMS = {arm.name: arm for arm in [
     # Both uses of the CF signal: the vector as an input and the CF head trained with λ.
     Arm("hybrid+multitask", "hybrid, plus λ·L_cf on the CF head (CF weights from "
         "--cf_confidence)", RECONSTRUCTION, lambda_from_flag=True, cf_input=True),
+    # A CF → labels teacher, fit on the labelled training items, gives soft labels to every
+    # training item with a CF vector; the label head learns them next to the true labels.
+    # CF loss weight 0, like image_only.
+    Arm("distill", "L_labels + --distill_weight × the distillation loss to a CF → labels "
+        "teacher's soft labels (every training item with a CF vector)", RECONSTRUCTION,
+        lambda_from_flag=False, confidence="uniform", grid_lambda=0.0, distill=True),
+    Arm("distill+multitask", "distill, plus λ·L_cf on the CF head (CF weights from "
+        "--cf_confidence)", RECONSTRUCTION, lambda_from_flag=True, distill=True),
 ]}
 BASELINE = "image_only"  # the arm every gain is measured against
 

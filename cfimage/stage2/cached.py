@@ -138,7 +138,8 @@ def train(catalogue, inputs, cf_dim, stage2, runtime, log=print):
                "feature_cache": stage2.feature_cache, "feature_dim": int(view_features.shape[2]),
                "feature_views": list(VIEWS), "features_computed": extracted.computed,
                "features_reused": extracted.reused, "heads_epochs": stage2.epochs,
-               "finetune_epochs": stage2.finetune_epochs, **trainer.hybrid_summary(stage2)}
+               "finetune_epochs": stage2.finetune_epochs, **trainer.hybrid_summary(stage2),
+               **trainer.distill_summary(stage2, inputs)}
 
     # --- Phase 1: the heads on cached features -------------------------------------
     if not finetuning:

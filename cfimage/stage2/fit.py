@@ -29,19 +29,26 @@ def make_optimizer(name, learning_rate, weight_decay, clipnorm, total_steps):
 
 
 def compile_model(model, optimizer, label_loss, arm, label_weight, cf_weight, jit_compile,
-                  triplet_margin=0.25, cf_loss=None):
+                  triplet_margin=0.25, cf_loss=None, distill_weight=0.0):
     """Compiles the two-headed model: L = label_weight·L_labels + cf_weight·L_cf, with the CF
     loss of `arm` (a name in arms.ARMS), or `cf_loss` (a keras loss of --cf_loss,
-    losses.make_cf_loss) in place of the reconstruction loss."""
-    if arms.get(arm).cf_loss == arms.TRIPLET:
+    losses.make_cf_loss) in place of the reconstruction loss. A distill arm's L_labels adds
+    distill_weight × the distillation loss (its label targets carry the soft labels)."""
+    spec = arms.get(arm)
+    if spec.cf_loss == arms.TRIPLET:
         cf_loss, cf_metrics = losses.CFTripletLoss(triplet_margin), []
     else:
         cf_loss = cf_loss or losses.CFReconstructionLoss()
         cf_metrics = [losses.CFError("mse", name="mse"), losses.CFError("l1", name="l1")]
+    metrics = {"cf": cf_metrics}
+    if spec.distill:
+        label_loss = losses.with_distillation(label_loss, distill_weight)
+        metrics["labels"] = [losses.Distillation(
+            isinstance(label_loss, losses.DistilledBCE), name="distill")]
     model.compile(optimizer=optimizer,
                   loss={"labels": label_loss, "cf": cf_loss},
                   loss_weights={"labels": float(label_weight), "cf": float(cf_weight)},
-                  metrics={"cf": cf_metrics}, jit_compile=jit_compile)
+                  metrics=metrics, jit_compile=jit_compile)
 
 
 def resumable_fit(model, train_ds, val_ds, epochs, workdir, tag, callbacks=(), log=print,

@@ -26,6 +26,7 @@ def hparams_of(config):
         "arm": stage2.arm,
         "cf_weight": float(stage2.cf_weight),
         "cf_confidence": stage2.cf_confidence,
+        "distill_weight": float(stage2.distill_weight),
         "label_ratio": float(stage2.label_ratio),
         "seed": int(stage2.seed),
         "backbone": stage2.backbone,

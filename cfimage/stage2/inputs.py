@@ -6,7 +6,11 @@ fine-tune.
 
 Hybrid arms (cfimage/stage2/hybrid.py): the targets also hold each item's CF input, and the
 datasets give the model {"pixels", "cf_input"}: training and test with the items' vectors,
-validation in the cold view (CF input zeroed), which chooses the checkpoint."""
+validation in the cold view (CF input zeroed), which chooses the checkpoint.
+
+Distill arms (cfimage/stage2/distill.py): a CF → labels teacher is fit on the labelled training
+items with a CF vector (never on validation or test items); its soft labels for every training
+item with a vector ride in the label targets, which the distill label loss reads."""
 
 import dataclasses
 import os
@@ -15,7 +19,7 @@ import numpy as np
 
 from cfimage import atomic
 from cfimage.errors import UserError
-from cfimage.stage2 import arms, confidence, data, hybrid, tfrecords
+from cfimage.stage2 import arms, confidence, data, distill, hybrid, tfrecords
 from cfimage.stage2 import cf_targets as cf_targets_lib
 
 
@@ -31,6 +35,8 @@ class Stage2Inputs:
     test: object
     # The keras loss of --cf_loss (cfimage/stage2/losses.py); None: the arm's own.
     cf_loss: object = None
+    # Distill arms: how the teacher was fit (distill.fit_teacher's summary); None otherwise.
+    teacher: dict = None
 
 
 def prepare(catalogue, vectors, has_vector, stage2, cf_target_scale, task, global_batch,
@@ -96,9 +102,15 @@ def prepare(catalogue, vectors, has_vector, stage2, cf_target_scale, task, globa
             f"{stage2.cf_input_dropout:.0%} of the training items each step; the checkpoint "
             "is chosen on validation mAP with the CF input withheld (cold view)")
 
+    teacher = None
+    if stage2.arm_spec.distill:
+        targets["labels"], teacher = distill_targets(
+            targets["labels"], vectors, has_vector, catalogue.labels, labelled, train_rows,
+            multi_label, stage2, outdir, log)
+
     if not (stage2.train_backbone or stage2.finetune_epochs):
         return Stage2Inputs(splits, labelled, multi_label, cf_scaling, targets, None, None, None,
-                            cf_loss=cf_loss)
+                            cf_loss=cf_loss, teacher=teacher)
     shards = stage2.tfrecords or _shards_when_too_big(catalogue, targets, stage2, outdir, log)
 
     def dataset(name, training):
@@ -118,7 +130,28 @@ def prepare(catalogue, vectors, has_vector, stage2, cf_target_scale, task, globa
 
     return Stage2Inputs(splits, labelled, multi_label, cf_scaling, targets,
                         dataset("train", True),
-                        dataset("validation", False), dataset("test", False), cf_loss=cf_loss)
+                        dataset("validation", False), dataset("test", False), cf_loss=cf_loss,
+                        teacher=teacher)
+
+
+def distill_targets(label_targets, vectors, has_vector, labels, labelled, train_rows,
+                    multi_label, stage2, outdir, log=print):
+    """A distill arm's label targets with the teacher's soft labels packed in (distill.pack),
+    and the teacher's summary, also written to <outdir>/distill_teacher.json. The teacher
+    reads the training rows only: the labels of the labelled ones, the vectors of all."""
+    try:
+        soft, weight, teacher = distill.fit_teacher(vectors, has_vector, labels, labelled,
+                                                    train_rows, multi_label, seed=stage2.seed)
+    except ValueError as error:
+        raise UserError(f"--arm={stage2.arm}: {error}; raise --label_ratio or use another "
+                        "arm") from None
+    atomic.write_json(os.path.join(outdir, "distill_teacher.json"), teacher)
+    log(f"distill teacher ({teacher['link']} on CF vectors, L2 α = {teacher['alpha']:g}, "
+        f"{teacher['alpha_from']}): fit on {teacher['fit_items']} labelled training items, "
+        f"soft labels for {teacher['soft_label_items']} training items with a vector "
+        f"({teacher['unlabelled_soft_label_items']} unlabelled), distillation weight "
+        f"{stage2.distill_weight:g}")
+    return distill.pack(label_targets, soft, weight), teacher
 
 
 def make_cf_loss(stage2, cf_scaling, load_users):

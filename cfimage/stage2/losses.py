@@ -5,7 +5,9 @@ Both losses read a mask packed into y_true as its last column (data.py):
     labelled items only, so unlabelled items add nothing (and the mean is not
     diluted by them);
   * cf: y_true = [target (d), weight (1)]; weight 0 means "no CF vector": the
-    item is masked, never dropped, so it still trains the classifier.
+    item is masked, never dropped, so it still trains the classifier;
+  * labels of the distill arms: y_true = [multi-hot (C), labelled (1), teacher's
+    soft labels (C), distillation weight (1)] (cfimage/stage2/distill.py).
 
 Losses return one scalar per batch and are computed in float32 whatever the
 mixed-precision policy.
@@ -62,6 +64,102 @@ class MaskedCrossEntropy(keras.losses.Loss):
         p = ops.clip(ops.cast(y_pred, "float32"), EPSILON, 1.0)
         per_item = -ops.sum(labels * ops.log(p), axis=1)
         return ops.sum(per_item * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+
+# --- The distill arms (cfimage/stage2/distill.py): the label loss above on [labels, labelled],
+# plus distill_weight × the distillation loss on [soft labels, weight], the columns after them.
+
+def distillation_per_item(soft, y_pred, multi_label):
+    """Per item: the cross-entropy of the label head's scores against the teacher's soft
+    labels q: mean over classes of −(q log p + (1 − q) log(1 − p)) for per-class sigmoids (as
+    the label BCE, without positive weights), −Σ q log p for a softmax."""
+    p = ops.clip(ops.cast(y_pred, "float32"), EPSILON, 1.0 - EPSILON)
+    if multi_label:
+        return -ops.mean(soft * ops.log(p) + (1.0 - soft) * ops.log(1.0 - p), axis=1)
+    return -ops.sum(soft * ops.log(p), axis=1)
+
+
+def distillation_loss(y_true, y_pred, multi_label):
+    """Σ w_i ℓ_i / Σ w_i over the items of the batch with a distillation weight w_i > 0 (the
+    training items with a CF vector); 0 when none has one."""
+    y_true = ops.cast(y_true, "float32")
+    num_classes = ops.shape(y_pred)[-1]
+    soft, weight = y_true[:, num_classes + 1:2 * num_classes + 1], y_true[:, -1]
+    per_item = distillation_per_item(soft, y_pred, multi_label)
+    return ops.sum(per_item * weight) / ops.maximum(ops.sum(weight), 1.0)
+
+
+@keras.saving.register_keras_serializable("cfimage")
+class DistilledBCE(MaskedWeightedBCE):
+    """MaskedWeightedBCE on the labelled items + distill_weight × the distillation loss."""
+
+    def __init__(self, pos_weight, distill_weight=1.0, name="distilled_bce", **kwargs):
+        super().__init__(pos_weight, name=name, **kwargs)
+        self.distill_weight = float(distill_weight)
+
+    def call(self, y_true, y_pred):
+        num_classes = ops.shape(y_pred)[-1]
+        labels = super().call(y_true[:, :num_classes + 1], y_pred)
+        return labels + self.distill_weight * distillation_loss(y_true, y_pred, True)
+
+    def get_config(self):
+        return {**super().get_config(), "distill_weight": self.distill_weight}
+
+
+@keras.saving.register_keras_serializable("cfimage")
+class DistilledCrossEntropy(MaskedCrossEntropy):
+    """MaskedCrossEntropy on the labelled items + distill_weight × the distillation loss."""
+
+    def __init__(self, distill_weight=1.0, name="distilled_cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.distill_weight = float(distill_weight)
+
+    def call(self, y_true, y_pred):
+        num_classes = ops.shape(y_pred)[-1]
+        labels = super().call(y_true[:, :num_classes + 1], y_pred)
+        return labels + self.distill_weight * distillation_loss(y_true, y_pred, False)
+
+    def get_config(self):
+        return {"distill_weight": self.distill_weight, "name": self.name}
+
+
+def with_distillation(label_loss, distill_weight):
+    """The distill arms' label loss: `label_loss` (MaskedWeightedBCE or MaskedCrossEntropy)
+    with the distillation term added."""
+    if isinstance(label_loss, MaskedWeightedBCE):
+        return DistilledBCE(label_loss.pos_weight, distill_weight)
+    if isinstance(label_loss, MaskedCrossEntropy):
+        return DistilledCrossEntropy(distill_weight)
+    raise ValueError(f"no distilled version of the label loss {label_loss!r}")
+
+
+@keras.saving.register_keras_serializable("cfimage")
+class Distillation(keras.metrics.Metric):
+    """The distillation loss alone, weighted over the epoch's items (logged as labels_distill)."""
+
+    def __init__(self, multi_label=True, name="distill", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.multi_label = bool(multi_label)
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.cast(y_true, "float32")
+        num_classes = ops.shape(y_pred)[-1]
+        soft, weight = y_true[:, num_classes + 1:2 * num_classes + 1], y_true[:, -1]
+        per_item = distillation_per_item(soft, y_pred, self.multi_label)
+        self.total.assign_add(ops.sum(per_item * weight))
+        self.count.assign_add(ops.sum(weight))
+
+    def result(self):
+        return self.total / ops.maximum(self.count, EPSILON)
+
+    def reset_state(self):
+        self.total.assign(0.0)
+        self.count.assign(0.0)
+
+    def get_config(self):
+        return {"multi_label": self.multi_label, "name": self.name}
 
 
 def cf_item_error(y_true, y_pred):

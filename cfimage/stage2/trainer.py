@@ -74,7 +74,8 @@ def train(catalogue, inputs, cf_dim, stage2, runtime, log=print):
     best = fit_selected(model, inputs.train, inputs.validation, catalogue, inputs, stage2,
                         runtime, stage2.epochs, resuming, log=log)
     return Stage2Result(model, best, inputs.test, model, {
-        "train_backbone": True, "adapter_units": stage2.adapter_units, **hybrid_summary(stage2)})
+        "train_backbone": True, "adapter_units": stage2.adapter_units, **hybrid_summary(stage2),
+        **distill_summary(stage2, inputs)})
 
 
 def hybrid_summary(stage2):
@@ -83,6 +84,13 @@ def hybrid_summary(stage2):
         return {}
     return {"cf_input": True, "cf_input_dropout": stage2.cf_input_dropout,
             "selection_view": "cold"}
+
+
+def distill_summary(stage2, inputs):
+    """metrics.json's record of a distill arm's teacher (cfimage/stage2/distill.py)."""
+    if not stage2.arm_spec.distill:
+        return {}
+    return {"distill_weight": stage2.distill_weight, "teacher": inputs.teacher}
 
 
 def sync_batchnorm(model, stage2, runtime, log):
@@ -114,7 +122,7 @@ def compile_phase(model, stage2, runtime, loss, total_steps, label_weight, cf_we
     by_head = loss if isinstance(loss, dict) else {"labels": loss}
     fit.compile_model(model, optimizer, by_head["labels"], stage2.arm, label_weight, cf_weight,
                       runtime.jit_compile, triplet_margin=stage2.triplet_margin,
-                      cf_loss=by_head.get("cf"))
+                      cf_loss=by_head.get("cf"), distill_weight=stage2.distill_weight)
 
 
 def pretrain(model, train, validation, stage2, runtime, loss, steps_per_epoch, path, log):

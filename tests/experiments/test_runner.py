@@ -38,6 +38,14 @@ def test_cell_flags_name_the_arm_and_fix_its_confidence(tmp_path):
     assert not any(f.startswith("--cf_confidence") for f in runner.cell_flags(plain, "w", 0))
 
 
+def test_the_distill_arms_run_once_without_lambda_or_per_lambda_with_the_cf_head():
+    cells = runner.plan_cells(["distill", "distill+multitask"], ["0.1"], ["1", "2"], ["0"])
+    assert [c["name"] for c in cells] == ["distill_r0.1_l0_s0", "distill+multitask_r0.1_l1_s0",
+                                          "distill+multitask_r0.1_l2_s0"]
+    assert runner.cell_flags(cells[0], "w", 1)[:3] == ["--arm=distill", "--cf_weight=0.0",
+                                                       "--cf_confidence=uniform"]
+
+
 @pytest.mark.slow
 def test_cells_run_in_parallel_report_failures_and_finished_cells_are_skipped(tmp_path,
                                                                               monkeypatch):
@@ -79,6 +87,7 @@ def test_collect_reads_the_views_and_warm_buckets(tmp_path):
     (row,) = runner.collect([cell], str(tmp_path)).to_dict("records")
     assert (row["test_cold_map"], row["test_warm_map"]) == (0.4, 0.6)
     assert (row["warm_map@1-9"], row["cold_map@1-9"], row["items@1-9"]) == (0.55, 0.45, 7)
+    assert row["distill_weight"] == 0.0  # a metrics.json without one: not a distill arm
 
 
 def test_seeds_take_ranges_and_lists():

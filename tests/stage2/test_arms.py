@@ -7,7 +7,8 @@ from cfimage.stage2 import arms
 
 def test_the_runner_and_training_arm_names_are_all_there():
     assert list(arms.ARMS) == ["image_only", "multitask", "multitask_sqrt", "multitask_loss",
-                               "two_stage", "contrastive", "hybrid", "hybrid+multitask"]
+                               "two_stage", "contrastive", "hybrid", "hybrid+multitask",
+                               "distill", "distill+multitask"]
     assert arms.BASELINE in arms.ARMS
     assert all(arm.cf_loss in (arms.RECONSTRUCTION, arms.TRIPLET) for arm in arms.ARMS.values())
 
@@ -21,6 +22,8 @@ def test_the_runner_and_training_arm_names_are_all_there():
     ("contrastive", 1.5, "loss", False, arms.TRIPLET),
     ("hybrid", 0.0, "uniform", False, arms.RECONSTRUCTION),
     ("hybrid+multitask", 1.5, "loss", False, arms.RECONSTRUCTION),
+    ("distill", 0.0, "uniform", False, arms.RECONSTRUCTION),
+    ("distill+multitask", 1.5, "loss", False, arms.RECONSTRUCTION),
 ])
 def test_each_arm_given_lambda_1_5_and_loss_weights(name, cf_weight, confidence, pretrain,
                                                     cf_loss):
@@ -35,11 +38,21 @@ def test_only_the_hybrid_arms_take_the_cf_vector_as_an_input():
                                                                          "hybrid+multitask"]
 
 
+def test_only_the_distill_arms_read_the_distillation_weight():
+    assert [name for name, arm in arms.ARMS.items() if arm.distill] == ["distill",
+                                                                        "distill+multitask"]
+    assert arms.get("distill").distill_weight(0.3) == 0.3
+    assert arms.get("distill+multitask").distill_weight(2) == 2.0
+    assert arms.get("multitask").distill_weight(0.3) == 0.0
+
+
 def test_grid_lambdas_and_unknown_names():
     assert arms.get("multitask").grid_lambdas(["1", "2"]) == ["1", "2"]
     assert arms.get("image_only").grid_lambdas(["1", "2"]) == [0.0]
     assert arms.get("two_stage").grid_lambdas(["1", "2"]) == [1.0]
     assert arms.get("hybrid").grid_lambdas(["1", "2"]) == [0.0]
     assert arms.get("hybrid+multitask").grid_lambdas(["1", "2"]) == ["1", "2"]
+    assert arms.get("distill").grid_lambdas(["1", "2"]) == [0.0]
+    assert arms.get("distill+multitask").grid_lambdas(["1", "2"]) == ["1", "2"]
     with pytest.raises(ValueError, match="unknown arm 'ensemble'; choose one of image_only, "):
         arms.get("ensemble")

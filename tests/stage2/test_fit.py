@@ -83,8 +83,11 @@ def test_each_arm_compiles_its_cf_loss_with_the_given_weights(arm):
         assert isinstance(cf_loss, losses.CFTripletLoss) and cf_loss.margin == 0.3
     else:
         assert isinstance(cf_loss, losses.CFReconstructionLoss)
+    distill = arms.get(arm).distill  # its label targets carry soft labels and their weight
+    assert isinstance(model.loss["labels"], losses.DistilledBCE) == distill
     x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
-    y = {"labels": np.ones((8, 3), np.float32), "cf": np.ones((8, 4), np.float32)}
+    y = {"labels": np.ones((8, 6 if distill else 3), np.float32),
+         "cf": np.ones((8, 4), np.float32)}
     result = model.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
     assert result["loss"] == pytest.approx(result["labels_loss"] + 0.5 * result["cf_loss"],
                                            rel=1e-5)

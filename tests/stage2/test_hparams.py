@@ -32,7 +32,7 @@ def test_a_run_is_one_session_with_its_settings_and_final_metrics(tmp_path):
                 for name, value in start.hparams.items()}
     assert settings == {
         "arm": "multitask", "cf_weight": 0.5, "cf_confidence": config.stage2.cf_confidence,
-        "label_ratio": 0.3, "seed": 4, "backbone": config.stage2.backbone,
+        "distill_weight": 0.0, "label_ratio": 0.3, "seed": 4, "backbone": config.stage2.backbone,
         "weights": config.stage2.weights, "image_size": "96x64",
         "epochs": config.stage2.epochs, "batch_size": config.stage2.batch_size,
         "optimizer": config.stage2.optimizer, "learning_rate": config.stage2.learning_rate,
