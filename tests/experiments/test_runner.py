@@ -71,7 +71,8 @@ def test_cells_run_in_parallel_report_failures_and_finished_cells_are_skipped(tm
     assert results[["test_cold_map", "test_warm_map"]].isna().all().all()
     assert results.drop(columns=["test_cold_map", "test_warm_map"]).to_dict("records") == [{
         "arm": "image_only", "label_ratio": 1.0, "cf_weight": 0.0, "seed": 0, "val_map": 0.5,
-        "test_map": 0.4, "test_precision_at_1": 0.3, "best_epoch": 2, "seconds": 1.0}]
+        "test_map": 0.4, "test_precision_at_1": 0.3, "best_epoch": 2, "distill_weight": 0.0,
+        "seconds": 1.0}]
 
 
 def test_collect_reads_the_views_and_warm_buckets(tmp_path):
