@@ -3,6 +3,10 @@
 # features, label ratios 0.1/0.3/1.0, paired seeds. Resumable: run it again to go on; the
 # report (results.md) is rebuilt from the finished cells each time.
 #   bash scripts/movielens_cached.sh [WORKDIR] [SEEDS]     (defaults: runs/movielens_cached 0-29)
+# Other arms on the same stage 1, features and image-only cells (issues 13 and 14):
+#   ARMS=image_only,hybrid,hybrid+multitask RESULTS=docs/results/movielens_hybrid \
+#       bash scripts/movielens_cached.sh
+# keeps only the cells that docs/results/movielens_cached/cells does not hold under $RESULTS.
 # Each finished cell's metrics.json is also kept under docs/results/movielens_cached/cells/
 # (commit them as they arrive): a later run on a fresh machine restores them and runs only the
 # cells still missing. It refuses to mix cells whose stage-1 vectors differ (sha256 of the
@@ -12,7 +16,9 @@ cd "$(dirname "$0")/.."
 WORKDIR="${1:-runs/movielens_cached}"
 SEEDS="${2:-0-29}"
 DATA="${CFIMAGE_MOVIELENS_DIR:-../shared/data/movielens_posters}"
-RESULTS=docs/results/movielens_cached
+BASE=docs/results/movielens_cached  # the grid of issue 12: its cells are shared, not copied
+RESULTS="${RESULTS:-$BASE}"
+ARMS="${ARMS:-image_only,multitask,multitask_sqrt,multitask_loss,two_stage,contrastive}"
 CATALOGUE="$WORKDIR/catalogue"
 if [ ! -f "$CATALOGUE/items.csv" ]; then
   python scripts/prepare_movielens.py --ratings="$DATA/ratings.csv" \
@@ -24,7 +30,7 @@ TRAIN_FLAGS="--catalogue=$(cd "$CATALOGUE" && pwd),--allow_outside_paths,\
 --feature_cache=$(mkdir -p "$WORKDIR/features" && cd "$WORKDIR/features" && pwd),\
 --epochs=30,--early_stopping_patience=5,--batch_size=64,--learning_rate=1e-3,--pretrain_epochs=10"
 EXPERIMENT=(python -m cfimage.experiment --workdir="$WORKDIR" --seeds="$SEEDS"
-    --arms=image_only,multitask,multitask_sqrt,multitask_loss,two_stage,contrastive
+    --arms="$ARMS"
     --label_ratios=0.1,0.3,1.0 --cf_weights=0.5,2
     --parallel=2 --threads_per_cell=1 --cells_per_process=50 --train_flags="$TRAIN_FLAGS")
 
@@ -39,13 +45,15 @@ DIGEST="$(python -c "import numpy as np, hashlib, sys; \
 print(hashlib.sha256(np.load(sys.argv[1])['vectors'].tobytes()).hexdigest())" \
   "$WORKDIR/stage1/cf_embeddings.npz")"
 mkdir -p "$RESULTS/cells"
-if [ -f "$RESULTS/stage1_sha256.txt" ] && [ "$(cat "$RESULTS/stage1_sha256.txt")" != "$DIGEST" ]; then
-  echo "movielens_cached.sh: stage 1 gave other vectors ($DIGEST) than the committed cells" \
-       "($(cat "$RESULTS/stage1_sha256.txt")); move $RESULTS/cells away to start afresh" >&2
-  exit 1
-fi
+for results in "$BASE" "$RESULTS"; do
+  if [ -f "$results/stage1_sha256.txt" ] && [ "$(cat "$results/stage1_sha256.txt")" != "$DIGEST" ]; then
+    echo "movielens_cached.sh: stage 1 gave other vectors ($DIGEST) than the committed cells" \
+         "($(cat "$results/stage1_sha256.txt")); move $results/cells away to start afresh" >&2
+    exit 1
+  fi
+done
 echo "$DIGEST" > "$RESULTS/stage1_sha256.txt"
-for saved in "$RESULTS"/cells/*/metrics.json; do
+for saved in "$BASE"/cells/*/metrics.json "$RESULTS"/cells/*/metrics.json; do
   [ -f "$saved" ] || continue
   cell="$(basename "$(dirname "$saved")")"
   if [ ! -f "$WORKDIR/cells/$cell/metrics.json" ]; then
@@ -57,6 +65,7 @@ keep_cells() {  # copies every finished cell's metrics.json (and the report) int
   for done_cell in "$WORKDIR"/cells/*/metrics.json; do
     [ -f "$done_cell" ] || continue
     cell="$(basename "$(dirname "$done_cell")")"
+    if [ "$RESULTS" != "$BASE" ] && [ -f "$BASE/cells/$cell/metrics.json" ]; then continue; fi
     mkdir -p "$RESULTS/cells/$cell" && cp "$done_cell" "$RESULTS/cells/$cell/metrics.json"
   done
   for report in results.md results.csv map_vs_label_ratio.png gain_vs_label_ratio.png; do
