@@ -1,22 +1,23 @@
 r"""Cold start, measured: what a trained model's predicted CF vector does for its test items.
 
-    python -m cfimage.coldstart --output=runs/coldstart \
-        --workdirs='runs/exp/cells/image_only_r0.1_*,runs/exp/cells/multitask_r0.1_l2_*'
+    python -m cfimage.coldstart --workdir=runs/coldstart \
+        --runs='runs/exp/cells/image_only_r0.1_*,runs/exp/cells/multitask_r0.1_l2_*'
 
-Reads finished `cfimage.train` workdirs (globs allowed; an experiment's cells are workdirs),
-exports each trained model afresh with every CF table and calls its signatures on the run's
-test items, which stage 2 never trained on (cfimage/experiments/coldstart_runs.py). For each
-test item: recall@--audience_k of its real raters among the users the `audience` ranking
-picks, against popularity and the ceiling (its own stage-1 vector); the label overlap and
-CF-neighbour recall@--neighbours_k of its `similar_items`, against the neighbours by the image
-embedding of image_only runs (cfimage/experiments/coldstart.py). Runs of one arm, label ratio
-and λ form a group: its figures are averaged over its runs (seeds), with a 95% t-interval over
-runs, or, for a lone run, over its test items.
+Reads the finished `cfimage.train` runs of --runs (their workdirs, globs allowed: e.g. an
+experiment's cells), exports each trained model afresh with every CF table and calls its
+signatures on the run's test items, which stage 2 never trained on
+(cfimage/experiments/coldstart_runs.py). For each test item: recall@--audience_k of its real
+raters among the users the `audience` ranking picks, against popularity and the ceiling (its
+own stage-1 vector); the label overlap and CF-neighbour recall@--neighbours_k of its
+`similar_items`, against the neighbours by the image embedding of image_only runs
+(cfimage/experiments/coldstart.py). Runs of one arm, label ratio and λ form a group: its
+figures are averaged over its runs (seeds), with a 95% t-interval over runs, or, for a lone
+run, over its test items.
 
-Writes into --output: coldstart.md (the table, the command, the checks), coldstart.csv (one
-row per group and figure), coldstart_runs.csv (one row per run) and runs/ (each run's
-per-item figures: a run already measured with the same settings is read back, so the command
-resumes). docs/experiments.md, "Cold start" explains the figures.
+Writes into its own --workdir: coldstart.md (the table, the command, the checks),
+coldstart.csv (one row per group and figure), coldstart_runs.csv (one row per run) and runs/
+(each run's per-item figures: a run already measured with the same settings is read back, so
+the command resumes). docs/experiments.md, "Cold start" explains the figures.
 """
 
 import hashlib
@@ -34,9 +35,9 @@ from cfimage import workdir as workdir_lib
 from cfimage.errors import UserError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("workdirs", None, "Finished cfimage.train workdirs (glob patterns allowed, "
-                  "e.g. 'runs/exp/cells/multitask_r0.1_*'): the runs to measure.")
-flags.DEFINE_string("output", None, "Directory of the report (coldstart.md, coldstart.csv) "
+flags.DEFINE_list("runs", None, "The runs to measure: finished cfimage.train workdirs (glob "
+                  "patterns allowed, e.g. 'runs/exp/cells/multitask_r0.1_*').")
+flags.DEFINE_string("workdir", None, "Directory of the report (coldstart.md, coldstart.csv) "
                     "and of each run's per-item figures (runs/).")
 flags.DEFINE_integer("audience_k", 50, "Users in the audience of an item: recall@K of its "
                      "raters.", lower_bound=1)
@@ -45,7 +46,7 @@ flags.DEFINE_integer("neighbours_k", 10, "Similar items per item: label overlap 
 flags.DEFINE_integer("batch_size", 32, "Images per call of a signature.", lower_bound=1)
 flags.DEFINE_integer("threads", 0, "TensorFlow threads (0 = TensorFlow's default).",
                      lower_bound=0)
-flags.mark_flags_as_required(["workdirs", "output"])
+flags.mark_flags_as_required(["runs", "workdir"])
 
 
 def log(message):
@@ -57,11 +58,11 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     started = time.time()
 
-    # --- Set-up: the output directory, the runs ------------------------------------------
-    output = os.path.abspath(FLAGS.output)
-    workdir_lib.claim(output, log=log)
+    # --- Set-up: the workdir (the report's), the runs -------------------------------------
+    workdir = os.path.abspath(FLAGS.workdir)
+    workdir_lib.claim(workdir, log=log)
     from cfimage.experiments import coldstart_runs
-    runs = coldstart_runs.find_runs(FLAGS.workdirs)
+    runs = coldstart_runs.find_runs(FLAGS.runs)
     groups = {}
     for run in runs:
         groups.setdefault(run.group, []).append(run.name)
@@ -77,7 +78,7 @@ def main(argv):
     per_run, infos = {}, []
     for index, run in enumerate(runs, 1):
         log(f"run {index}/{len(runs)}: {run.name} ({run.group})")
-        figures, info = _measure_or_reuse(run, output, coldstart_runs)
+        figures, info = _measure_or_reuse(run, workdir, coldstart_runs)
         per_run[run.name] = figures
         infos.append(info)
         log(f"  recall@{FLAGS.audience_k}: model {figures['audience_model'].mean():.3f}, "
@@ -88,12 +89,12 @@ def main(argv):
             f"{info['test_map_export']:.4f} (the run's {info['test_map_run']:.4f})")
 
     # --- Report ------------------------------------------------------------------------
-    write_report(output, per_run, infos, groups)
-    log(f"wrote {os.path.join(output, 'coldstart.md')} in {time.time() - started:.0f} s")
+    write_report(workdir, per_run, infos, groups)
+    log(f"wrote {os.path.join(workdir, 'coldstart.md')} in {time.time() - started:.0f} s")
 
 
-def _measure_or_reuse(run, output, coldstart_runs):
-    """(figures, info) of `run`: from <output>/runs/ when measured there with the same
+def _measure_or_reuse(run, workdir, coldstart_runs):
+    """(figures, info) of `run`: from <workdir>/runs/ when measured there with the same
     settings and the same finished training, else measured and stored there."""
     import numpy as np
 
@@ -101,7 +102,7 @@ def _measure_or_reuse(run, output, coldstart_runs):
            "neighbours_k": FLAGS.neighbours_k,
            "metrics": hashlib.sha256(json.dumps(run.metrics, sort_keys=True).encode()
                                      ).hexdigest()}
-    stem = os.path.join(output, "runs", f"{os.path.basename(run.workdir)}_"
+    stem = os.path.join(workdir, "runs", f"{os.path.basename(run.workdir)}_"
                         f"{hashlib.sha256(run.workdir.encode()).hexdigest()[:8]}")
     if os.path.isfile(stem + ".json") and os.path.isfile(stem + ".npz"):
         with open(stem + ".json") as f:
@@ -112,7 +113,7 @@ def _measure_or_reuse(run, output, coldstart_runs):
                 figures = {name: saved[name] for name in saved.files}
             return figures, {**stored["info"], "run": run.name}
     figures, info = coldstart_runs.measure_run(
-        run, FLAGS.audience_k, FLAGS.neighbours_k, os.path.join(output, "scratch"),
+        run, FLAGS.audience_k, FLAGS.neighbours_k, os.path.join(workdir, "scratch"),
         batch_size=FLAGS.batch_size, log=log)
     from cfimage import atomic
     os.makedirs(os.path.dirname(stem), exist_ok=True)
@@ -121,8 +122,8 @@ def _measure_or_reuse(run, output, coldstart_runs):
     return figures, info
 
 
-def write_report(output, per_run, infos, groups):
-    """coldstart.md, coldstart.csv and coldstart_runs.csv in `output`."""
+def write_report(workdir, per_run, infos, groups):
+    """coldstart.md, coldstart.csv and coldstart_runs.csv in `workdir`."""
     import pandas as pd
 
     from cfimage import atomic
@@ -130,9 +131,9 @@ def write_report(output, per_run, infos, groups):
     from cfimage.experiments.coldstart_runs import SIGNATURE_CHECK_ITEMS
 
     summary = measures.summarise(per_run, groups)
-    summary.to_csv(os.path.join(output, "coldstart.csv"), index=False)
+    summary.to_csv(os.path.join(workdir, "coldstart.csv"), index=False)
     table = pd.DataFrame(infos)
-    table.drop(columns=["workdir"]).to_csv(os.path.join(output, "coldstart_runs.csv"),
+    table.drop(columns=["workdir"]).to_csv(os.path.join(workdir, "coldstart_runs.csv"),
                                            index=False)
     shown = " ".join(sys.argv[1:])
     k_users, k_items = FLAGS.audience_k, FLAGS.neighbours_k
@@ -168,7 +169,7 @@ def write_report(output, per_run, infos, groups):
             f"{info['test_map_export']:.4f} / {info['test_map_run']:.4f} | "
             f"{info['audience_signature_agreement']:.3f} | "
             f"{info['similar_signature_agreement']:.3f} | {info['seconds']:.0f} |")
-    atomic.write_text(os.path.join(output, "coldstart.md"), "\n".join(lines) + "\n")
+    atomic.write_text(os.path.join(workdir, "coldstart.md"), "\n".join(lines) + "\n")
 
 
 def main_reporting_user_errors(argv):

@@ -29,21 +29,19 @@ from cfimage.experiments.report import mean_ci
 
 CHUNK_SCORES = 1 << 24  # query x table scores held at once (64 MiB of float32)
 
-# Figure name -> (column title, what it is): the order of the report's columns.
+# Figure name -> its column title in the report, in the report's order (docs/experiments.md,
+# "Cold start" says what each is).
 FIGURES = {
-    "audience_model": ("audience recall@{K}: model", "users ranked by the predicted vector"),
-    "audience_popularity": ("popularity", "most active users (training items) first"),
-    "audience_ceiling": ("ceiling", "users ranked by the item's own stage-1 vector"),
-    "similar_model_labels": ("similar@{k} by predicted vector: label overlap",
-                             "share of the neighbours sharing a label with the item"),
-    "similar_model_cf": ("CF-neighbour recall", "share of the item's true CF neighbours found"),
-    "similar_image_labels": ("similar@{k} by image embedding (image_only): label overlap",
-                             "neighbours by the label head's input, cosine"),
-    "similar_image_cf": ("CF-neighbour recall", "share of the true CF neighbours found"),
-    "similar_true_labels": ("label overlap of the true CF neighbours",
-                            "what a perfect predicted vector would give"),
-    "similar_chance_labels": ("label overlap by chance",
-                              "expected share for k random catalogue items"),
+    "audience_model": "audience recall@{K}: model",
+    "audience_popularity": "popularity",
+    "audience_ceiling": "ceiling (own stage-1 vector)",
+    "audience_model_minus_popularity": "model − popularity (paired)",
+    "similar_model_labels": "similar@{k} by predicted vector: label overlap",
+    "similar_model_cf": "by predicted vector: CF-neighbour recall",
+    "similar_image_labels": "by image embedding (image_only): label overlap",
+    "similar_image_cf": "by image embedding: CF-neighbour recall",
+    "similar_true_labels": "true CF neighbours: label overlap",
+    "similar_chance_labels": "chance: label overlap",
 }
 
 
@@ -161,7 +159,7 @@ def markdown_table(summary, groups, audience_k, neighbours_k):
     column per figure, each cell "mean [95% CI]"; the interval is over the group's test items
     (one run) or its runs (several)."""
     figures = [f for f in FIGURES if f in set(summary.figure)]
-    titles = [FIGURES[f][0].format(K=audience_k, k=neighbours_k) for f in figures]
+    titles = [FIGURES[f].format(K=audience_k, k=neighbours_k) for f in figures]
     lines = ["| runs | CI over | " + " | ".join(titles) + " |",
              "| --- | --- |" + " --- |" * len(figures)]
     for group, rows in summary.groupby("group", sort=False):

@@ -67,7 +67,7 @@ def find_runs(patterns):
     for pattern in patterns:
         found = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         if not found:
-            raise UserError(f"--workdirs: {pattern!r} matches no directory")
+            raise UserError(f"--runs: {pattern!r} matches no directory")
         workdirs += [os.path.abspath(path) for path in found
                      if os.path.abspath(path) not in workdirs]
     runs = [read_run(workdir) for workdir in workdirs]
@@ -337,6 +337,8 @@ def measure_run(run, audience_k, neighbours_k, scratch, batch_size=32, log=print
     figures = {"audience_model": measures.recall(by_model, relevant),
                "audience_popularity": measures.recall(by_popularity, relevant),
                "audience_ceiling": measures.recall(by_ceiling, relevant)}
+    figures["audience_model_minus_popularity"] = (figures["audience_model"]
+                                                  - figures["audience_popularity"])
 
     # Similar items: test items with a stage-1 vector (their true CF neighbours).
     similar = np.flatnonzero(has_vector[test])

@@ -105,7 +105,7 @@ def test_summary_is_over_the_items_of_one_run_or_the_means_of_several():
     ceiling = summary[summary.figure == "audience_ceiling"].iloc[0]
     assert (ceiling["mean"], ceiling.n, ceiling.over) == (1.0, 2, "test items")  # b only
     table = measures.markdown_table(summary, {"one": ["a"], "two": ["b", "c"]}, 50, 10)
-    assert "| audience recall@50: model | ceiling |" in table
+    assert "| audience recall@50: model | ceiling (own stage-1 vector) |" in table
     assert "| one (1 run) | test items | 0.500 [" in table and "| — |" in table
 
 
@@ -146,7 +146,7 @@ def image_only_run(tmp_path_factory):
 @pytest.mark.slow
 def test_the_command_measures_a_run_and_resumes(image_only_run):
     base = image_only_run
-    args = [f"--workdirs={base}/ru*", f"--output={base}/out", "--audience_k=10",
+    args = [f"--runs={base}/ru*", f"--workdir={base}/out", "--audience_k=10",
             "--neighbours_k=5", "--threads=1"]
     result = run_module("cfimage.coldstart", args, cwd=str(base))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -154,8 +154,11 @@ def test_the_command_measures_a_run_and_resumes(image_only_run):
 
     summary = pd.read_csv(base / "out" / "coldstart.csv")
     assert list(summary.figure) == list(measures.FIGURES)  # image_only: every figure
-    assert summary["mean"].between(0, 1).all() and (summary.over == "test items").all()
+    assert (summary.over == "test items").all()
     means = summary.set_index("figure")["mean"]
+    assert means.drop("audience_model_minus_popularity").between(0, 1).all()
+    assert means.audience_model_minus_popularity == pytest.approx(
+        means.audience_model - means.audience_popularity)
     # The demo's users pick items of the classes they like: an item's own CF vector finds its
     # raters better than popularity, and its CF neighbours share labels more than chance.
     assert means.audience_ceiling > means.audience_popularity
@@ -176,8 +179,9 @@ def test_the_command_measures_a_run_and_resumes(image_only_run):
     assert pd.read_csv(base / "out" / "coldstart.csv").equals(summary)
 
 
-def _copy(run_dir, target, metrics):
-    """The finished run at `run_dir` with another metrics.json, in `target`."""
+def _copy(run_dir, target, metrics, users=True):
+    """The finished run at `run_dir` with another metrics.json, in `target` (`users=False`:
+    given stage 1's item vectors without its user vectors)."""
     target.mkdir()
     shutil.copy(run_dir / "config.json", target / "config.json")
     shutil.copytree(run_dir / "checkpoints", target / "checkpoints")
@@ -186,7 +190,8 @@ def _copy(run_dir, target, metrics):
     # The run's own stage-1 files and demo catalogue stay where they are.
     config["catalogue"]["root"] = str(run_dir / "demo_catalogue")
     config["stage1"]["cf_embeddings"] = str(run_dir / "cf_embeddings.npz")
-    config["stage1"]["cf_user_embeddings"] = str(run_dir / "user_embeddings.npz")
+    config["stage1"]["cf_user_embeddings"] = (str(run_dir / "user_embeddings.npz") if users
+                                              else None)
     (target / "config.json").write_text(json.dumps(config))
     return coldstart_runs.read_run(str(target))
 
@@ -225,12 +230,16 @@ def test_a_run_is_rebuilt_from_its_checkpoint_or_read_from_its_saved_model(image
 
 
 @pytest.mark.slow
-def test_a_run_whose_split_or_model_is_not_reproduced_is_refused(image_only_run, tmp_path):
+def test_a_run_whose_split_model_or_users_are_not_there_is_refused(image_only_run, tmp_path):
     run_dir = image_only_run / "run"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     moved = {**metrics, "num_items": {**metrics["num_items"], "test": 1}}
     cell = _copy(run_dir, tmp_path / "moved", moved)
     with pytest.raises(UserError, match="the catalogue changed since the run trained"):
+        coldstart_runs.load_data(cell, log=lambda _: None)
+    cell = _copy(run_dir, tmp_path / "no_users", metrics, users=False)
+    with pytest.raises(UserError, match="no stage-1 user vectors .the run was given "
+                                        "--cf_embeddings without --cf_user_embeddings"):
         coldstart_runs.load_data(cell, log=lambda _: None)
     other = {**metrics, "test": {**metrics["test"],
                                  "macro_map": metrics["test"]["macro_map"] + 0.05}}
