@@ -62,11 +62,12 @@ def main(argv):
     workdir = os.path.abspath(FLAGS.workdir)
     workdir_lib.claim(workdir, log=log)
     from cfimage.experiments import coldstart_runs
-    runs = coldstart_runs.find_runs(FLAGS.runs)
+    runs = coldstart_runs.find_runs(FLAGS.runs, log=log)
     groups = {}
     for run in runs:
         groups.setdefault(run.group, []).append(run.name)
     log(f"{len(runs)} run(s) in {len(groups)} group(s): {'; '.join(groups)}")
+    import keras
     import tensorflow as tf
     from absl import logging
     logging.set_verbosity(logging.WARNING)  # each run's export traces, saves and says so
@@ -79,6 +80,7 @@ def main(argv):
     for index, run in enumerate(runs, 1):
         log(f"run {index}/{len(runs)}: {run.name} ({run.group})")
         figures, info = _measure_or_reuse(run, workdir, coldstart_runs)
+        keras.backend.clear_session()  # each run builds a model: free the last one's state
         per_run[run.name] = figures
         infos.append(info)
         log(f"  recall@{FLAGS.audience_k}: model {figures['audience_model'].mean():.3f}, "

@@ -40,6 +40,8 @@ from cfimage.experiments import coldstart as measures
 SIGNATURE_CHECK_ITEMS = 32  # test items whose audience / similar_items are compared
 MAP_TOLERANCE = 0.005  # |test mAP of the export - metrics.json's| above this: refused
 IMAGE_ONLY = "image_only"  # the arm whose image embedding gives the image-only neighbours
+# Where a run's trained model is: the whole model of a run that exported, else its checkpoint.
+MODEL_FILES = (("serving_model.keras",), ("checkpoints", "best.weights.h5"))
 
 
 @dataclasses.dataclass
@@ -60,16 +62,28 @@ class Run:
                 f"λ {self.stage2['cf_weight']:g}")
 
 
-def find_runs(patterns):
+def find_runs(patterns, log=print):
     """The finished runs named by `patterns` (workdirs or glob patterns), in the order given,
-    each once, named by their folder (or path, where two folders share a name)."""
+    each once, named by their folder (or path, where two folders share a name). A folder that
+    a glob matches but that holds no finished run (a cell still training, an experiment's
+    stage1/) is skipped and logged; one named outright is a UserError."""
     workdirs = []
     for pattern in patterns:
-        found = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if not found:
-            raise UserError(f"--runs: {pattern!r} matches no directory")
-        workdirs += [os.path.abspath(path) for path in found
-                     if os.path.abspath(path) not in workdirs]
+        if not glob.has_magic(pattern):
+            workdirs.append(os.path.abspath(pattern))
+            continue
+        found = sorted(glob.glob(pattern))
+        finished = [path for path in found
+                    if os.path.isfile(os.path.join(path, "metrics.json"))]
+        if not finished:
+            raise UserError(f"--runs: {pattern!r} matches no finished run "
+                            f"({len(found)} folder(s) without a metrics.json)")
+        unfinished = sorted(set(found) - set(finished))
+        if unfinished:
+            log(f"--runs: {pattern!r}: skipped {len(unfinished)} folder(s) without a "
+                f"metrics.json (not finished): {', '.join(unfinished[:5])}")
+        workdirs += [os.path.abspath(path) for path in finished]
+    workdirs = list(dict.fromkeys(workdirs))
     runs = [read_run(workdir) for workdir in workdirs]
     names = [os.path.basename(run.workdir) for run in runs]
     for run, name in zip(runs, names):
@@ -89,6 +103,10 @@ def read_run(workdir):
         config, metrics = (json.load(open(path)) for path in paths)
     except ValueError as error:
         raise UserError(f"{workdir}: unreadable config.json or metrics.json: {error}") from None
+    if not any(os.path.isfile(os.path.join(workdir, *path)) for path in MODEL_FILES):
+        raise UserError(f"{workdir}: neither {' nor '.join('/'.join(p) for p in MODEL_FILES)}: "
+                        "the trained model is gone (a cell restored from its metrics.json "
+                        "alone); train it again in a fresh workdir")
     if not metrics.get("cf_scaling") or config["output"].get("stage1_only"):
         raise UserError(f"{workdir}: metrics.json has no cf_scaling (a stage-1-only run, or "
                         "one from an older cfimage): the image model's CF vector cannot be "
@@ -180,10 +198,7 @@ def trained_model(run, catalogue):
     saved = os.path.join(run.workdir, SERVING_MODEL)
     if os.path.isfile(saved):
         return keras.saving.load_model(saved, compile=False)
-    best = os.path.join(run.workdir, "checkpoints", "best.weights.h5")
-    if not os.path.isfile(best):
-        raise UserError(f"{run.workdir}: neither {SERVING_MODEL} nor checkpoints/"
-                        "best.weights.h5: the trained model is gone")
+    best = os.path.join(run.workdir, *MODEL_FILES[1])  # read_run checked that one exists
     stage2, scaling = run.stage2, run.metrics["cf_scaling"]
     cf_dim = len(scaling["matrix"]) if "matrix" in scaling else len(scaling["mean"])
     task = run.config["catalogue"]["task"]

@@ -110,12 +110,19 @@ def test_summary_is_over_the_items_of_one_run_or_the_means_of_several():
 
 
 def test_runs_that_are_not_finished_or_not_there_are_user_errors(tmp_path):
-    with pytest.raises(UserError, match="matches no directory"):
+    with pytest.raises(UserError, match=r"matches no finished run \(0 folder"):
         coldstart_runs.find_runs([str(tmp_path / "cells" / "*")])
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_text("{}")
     with pytest.raises(UserError, match="not a finished cfimage.train run .no metrics.json"):
         coldstart_runs.find_runs([str(tmp_path / "half")])
+    with pytest.raises(UserError, match=r"matches no finished run \(1 folder"):
+        coldstart_runs.find_runs([str(tmp_path / "ha*")])
+    # A cell restored from its metrics.json alone has no model to measure.
+    (tmp_path / "half" / "metrics.json").write_text("{}")
+    with pytest.raises(UserError, match="neither serving_model.keras nor checkpoints/best"
+                                        ".weights.h5: the trained model is gone"):
+        coldstart_runs.find_runs([str(tmp_path / "ha*")])
 
 
 # --- A tiny finished run, then the command on it ---------------------------------------------
@@ -146,11 +153,13 @@ def image_only_run(tmp_path_factory):
 @pytest.mark.slow
 def test_the_command_measures_a_run_and_resumes(image_only_run):
     base = image_only_run
+    (base / "running").mkdir(exist_ok=True)  # a run still training: the glob skips it
     args = [f"--runs={base}/ru*", f"--workdir={base}/out", "--audience_k=10",
             "--neighbours_k=5", "--threads=1"]
     result = run_module("cfimage.coldstart", args, cwd=str(base))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "[coldstart] run 1/1: run (image_only, labels 1, λ 0)" in result.stdout
+    assert "skipped 1 folder(s) without a metrics.json (not finished)" in result.stdout
 
     summary = pd.read_csv(base / "out" / "coldstart.csv")
     assert list(summary.figure) == list(measures.FIGURES)  # image_only: every figure
