@@ -1,7 +1,7 @@
 """A run's workdir: usable before any work, and used by one run at a time.
 
 `claim(workdir)` is the first thing an entry point does with its workdir (`cfimage.train`,
-`cfimage.diagnose`, `cfimage.experiment`). It
+`cfimage.diagnose`, `cfimage.experiment`, `cfimage.coldstart`). It
 
 * creates the directory and writes a probe into it, so that a workdir that is a regular
   file, a read-only directory or a full disk stops the run with one `UserError` line before

@@ -166,12 +166,14 @@ def _cli(module, *args, cwd):
                           text=True, timeout=300)
 
 
-@pytest.mark.slow  # three child processes; cfimage.train imports TensorFlow
+@pytest.mark.slow  # four child processes; cfimage.train imports TensorFlow
 def test_every_entry_point_refuses_a_file_as_workdir_in_one_line(tmp_path):
     a_file = tmp_path / "taken"
     a_file.write_text("x")
-    for module in ["cfimage.train", "cfimage.diagnose", "cfimage.experiment"]:
-        done = _cli(module, f"--workdir={a_file}", cwd=tmp_path)
+    for module, more in [("cfimage.train", []), ("cfimage.diagnose", []),
+                         ("cfimage.experiment", []),
+                         ("cfimage.coldstart", [f"--runs={tmp_path}/cells/*"])]:
+        done = _cli(module, f"--workdir={a_file}", *more, cwd=tmp_path)
         assert done.returncode == 1, (module, done.stderr[-2000:])
         assert done.stderr.strip().splitlines()[-1] == (
             f"cfimage: error: --workdir={a_file}: exists and is not a directory; give a "
