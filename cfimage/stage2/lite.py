@@ -72,8 +72,17 @@ _CHECKPOINTS = {
 TORCH_REQUIREMENT = "torch==2.13.0"
 
 # Keras' own defaults for EfficientNet (keras.applications.efficientnet).
-_CONV_INIT = keras.initializers.VarianceScaling(2.0, "fan_out", "truncated_normal")
-_DENSE_INIT = keras.initializers.VarianceScaling(1.0 / 3.0, "fan_out", "uniform")
+# Functions, not module-level instances: an initializer without a seed draws its seed when it
+# is created, so one made at import would ignore keras.utils.set_random_seed (and a random
+# backbone, --weights=none, would differ between processes).
+
+
+def _conv_init():
+    return keras.initializers.VarianceScaling(2.0, "fan_out", "truncated_normal")
+
+
+def _dense_init():
+    return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_out", "uniform")
 
 
 def _round_filters(filters, width):
@@ -108,12 +117,12 @@ def _conv_bn_relu6(x, filters, kernel, stride, prefix, conv_name, bn_name, depth
                    activation=True):
     if depthwise:
         x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
-                                         depthwise_initializer=_CONV_INIT,
+                                         depthwise_initializer=_conv_init(),
                                          name=prefix + conv_name)(x)
     else:
         # padding="same" is TF's SAME (extra pixel bottom/right), which the checkpoints expect.
         x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
-                                kernel_initializer=_CONV_INIT, name=prefix + conv_name)(x)
+                                kernel_initializer=_conv_init(), name=prefix + conv_name)(x)
     x = keras.layers.BatchNormalization(epsilon=_BN_EPSILON, name=prefix + bn_name)(x)
     if activation:
         activation_name = prefix + conv_name.replace("conv", "activation")
@@ -154,7 +163,7 @@ def _build(name, input_shape, include_top, pooling, classes, classifier_activati
         x = keras.layers.Dropout(dropout, name="top_dropout")(x)
         # float32 head under mixed precision (logits and softmax must not overflow float16).
         x = keras.layers.Dense(classes, activation=classifier_activation,
-                               kernel_initializer=_DENSE_INIT, dtype="float32",
+                               kernel_initializer=_dense_init(), dtype="float32",
                                name="predictions")(x)
     elif pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)

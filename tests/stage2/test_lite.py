@@ -173,3 +173,15 @@ def test_converted_weights_give_the_pytorch_logits(name, tmp_path, monkeypatch, 
           "max |diff|:", float(np.abs(logits - expected).max()))
     np.testing.assert_allclose(logits, expected, atol=1e-3, rtol=0)
     np.testing.assert_array_equal(top1, expected.argmax(axis=1))
+
+
+def test_random_weights_follow_keras_random_seed():
+    # The initial weights of a Lite backbone without weights follow keras.utils.set_random_seed:
+    # the same seed gives the same backbone (in any process), another seed another one.
+    def first_kernel(seed):
+        keras.utils.set_random_seed(seed)
+        return lite.efficientnet_lite("efficientnet_lite0", input_shape=(32, 32, 3)) \
+            .get_weights()[0]
+
+    np.testing.assert_array_equal(first_kernel(0), first_kernel(0))
+    assert not np.array_equal(first_kernel(0), first_kernel(1))
