@@ -7,6 +7,14 @@
 #   ARMS=image_only,hybrid,hybrid+multitask RESULTS=docs/results/movielens_hybrid \
 #       bash scripts/movielens_cached.sh
 # keeps only the cells that docs/results/movielens_cached/cells does not hold under $RESULTS.
+# Another stage 1 or other stage-2 options (issue 13's screening) need a workdir of their own;
+# FEATURES shares the cached features (they depend on the images and the backbone only):
+#   EXTRA_FLAGS=--cf_model=mult_vae,--cf_target=raw \
+#   FEATURES=runs/movielens_cached/features ARMS=image_only,multitask \
+#   RESULTS=docs/results/movielens_variants/mult_vae bash scripts/movielens_cached.sh \
+#       runs/movielens_mult_vae
+# Such a run shares no cells with docs/results/movielens_cached (its image-only cells run
+# again on its own vectors).
 # Each finished cell's metrics.json is also kept under docs/results/movielens_cached/cells/
 # (commit them as they arrive): a later run on a fresh machine restores them and runs only the
 # cells still missing. It refuses to mix cells whose stage-1 vectors differ (sha256 of the
@@ -19,6 +27,13 @@ DATA="${CFIMAGE_MOVIELENS_DIR:-../shared/data/movielens_posters}"
 BASE=docs/results/movielens_cached  # the grid of issue 12: its cells are shared, not copied
 RESULTS="${RESULTS:-$BASE}"
 ARMS="${ARMS:-image_only,multitask,multitask_sqrt,multitask_loss,two_stage,contrastive}"
+EXTRA_FLAGS="${EXTRA_FLAGS:-}"
+if [ -n "$EXTRA_FLAGS" ] && [ "$WORKDIR" = runs/movielens_cached ]; then
+  echo "movielens_cached.sh: EXTRA_FLAGS needs a workdir of its own (its cells would take the" \
+       "names of the issue-12 grid's): pass one, e.g. runs/movielens_variant" >&2
+  exit 1
+fi
+FEATURES="${FEATURES:-$WORKDIR/features}"
 CATALOGUE="$WORKDIR/catalogue"
 if [ ! -f "$CATALOGUE/items.csv" ]; then
   python scripts/prepare_movielens.py --ratings="$DATA/ratings.csv" \
@@ -27,8 +42,9 @@ fi
 TRAIN_FLAGS="--catalogue=$(cd "$CATALOGUE" && pwd),--allow_outside_paths,\
 --unknown_interaction_items=keep,--backbone=efficientnet_lite0,--weights=imagenet,\
 --image_size=224x160,--train_backbone=false,--adapter_units=256,\
---feature_cache=$(mkdir -p "$WORKDIR/features" && cd "$WORKDIR/features" && pwd),\
---epochs=30,--early_stopping_patience=5,--batch_size=64,--learning_rate=1e-3,--pretrain_epochs=10"
+--feature_cache=$(mkdir -p "$FEATURES" && cd "$FEATURES" && pwd),\
+--epochs=30,--early_stopping_patience=5,--batch_size=64,--learning_rate=1e-3,--pretrain_epochs=10\
+${EXTRA_FLAGS:+,$EXTRA_FLAGS}"
 EXPERIMENT=(python -m cfimage.experiment --workdir="$WORKDIR" --seeds="$SEEDS"
     --arms="$ARMS"
     --label_ratios=0.1,0.3,1.0 --cf_weights=0.5,2
@@ -45,7 +61,13 @@ DIGEST="$(python -c "import numpy as np, hashlib, sys; \
 print(hashlib.sha256(np.load(sys.argv[1])['vectors'].tobytes()).hexdigest())" \
   "$WORKDIR/stage1/cf_embeddings.npz")"
 mkdir -p "$RESULTS/cells"
-for results in "$BASE" "$RESULTS"; do
+# The grid of issue 12 shares its cells only with runs of the same flags on the same vectors.
+if [ -z "$EXTRA_FLAGS" ] && [ "$(cat "$BASE/stage1_sha256.txt" 2>/dev/null)" = "$DIGEST" ]; then
+  SHARED="$BASE"
+else
+  SHARED="$RESULTS"
+fi
+for results in "$SHARED" "$RESULTS"; do
   if [ -f "$results/stage1_sha256.txt" ] && [ "$(cat "$results/stage1_sha256.txt")" != "$DIGEST" ]; then
     echo "movielens_cached.sh: stage 1 gave other vectors ($DIGEST) than the committed cells" \
          "($(cat "$results/stage1_sha256.txt")); move $results/cells away to start afresh" >&2
@@ -53,7 +75,7 @@ for results in "$BASE" "$RESULTS"; do
   fi
 done
 echo "$DIGEST" > "$RESULTS/stage1_sha256.txt"
-for saved in "$BASE"/cells/*/metrics.json "$RESULTS"/cells/*/metrics.json; do
+for saved in "$SHARED"/cells/*/metrics.json "$RESULTS"/cells/*/metrics.json; do
   [ -f "$saved" ] || continue
   cell="$(basename "$(dirname "$saved")")"
   if [ ! -f "$WORKDIR/cells/$cell/metrics.json" ]; then
@@ -65,7 +87,7 @@ keep_cells() {  # copies every finished cell's metrics.json (and the report) int
   for done_cell in "$WORKDIR"/cells/*/metrics.json; do
     [ -f "$done_cell" ] || continue
     cell="$(basename "$(dirname "$done_cell")")"
-    if [ "$RESULTS" != "$BASE" ] && [ -f "$BASE/cells/$cell/metrics.json" ]; then continue; fi
+    if [ "$RESULTS" != "$SHARED" ] && [ -f "$SHARED/cells/$cell/metrics.json" ]; then continue; fi
     mkdir -p "$RESULTS/cells/$cell" && cp "$done_cell" "$RESULTS/cells/$cell/metrics.json"
   done
   for report in results.md results.csv map_vs_label_ratio.png gain_vs_label_ratio.png; do
