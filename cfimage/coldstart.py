@@ -32,7 +32,6 @@ from absl import flags
 
 from cfimage import train_flags
 from cfimage import workdir as workdir_lib
-from cfimage.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("runs", None, "The runs to measure: finished cfimage.train workdirs (glob "
@@ -174,16 +173,8 @@ def write_report(workdir, per_run, infos, groups):
     atomic.write_text(os.path.join(workdir, "coldstart.md"), "\n".join(lines) + "\n")
 
 
-def main_reporting_user_errors(argv):
-    """main, with a user's mistake (UserError) as one line on stderr and exit status 1."""
-    try:
-        main(argv)
-    except UserError as error:
-        sys.exit(f"cfimage: error: {error}")
-
-
 def run():
-    app.run(main_reporting_user_errors, flags_parser=train_flags.parse_flags)
+    train_flags.run_main(main)
 
 
 if __name__ == "__main__":

@@ -197,16 +197,8 @@ def _header(catalogue, root, stage1, extracted, multi_label, image_size, label_r
     ]
 
 
-def main_reporting_user_errors(argv):
-    """main, with a user's mistake (UserError) as one line on stderr and exit status 1."""
-    try:
-        main(argv)
-    except UserError as error:
-        sys.exit(f"cfimage: error: {error}")
-
-
 def run():
-    app.run(main_reporting_user_errors, flags_parser=train_flags.parse_flags)
+    train_flags.run_main(main)
 
 
 if __name__ == "__main__":

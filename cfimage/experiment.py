@@ -28,7 +28,6 @@ from absl import app, flags
 
 from cfimage import train_flags
 from cfimage import workdir as workdir_lib
-from cfimage.errors import UserError
 from cfimage.experiments import runner
 from cfimage.stage2 import arms
 
@@ -105,13 +104,5 @@ def main(argv):
     print(table)
 
 
-def main_reporting_user_errors(argv):
-    """main, with a user's mistake (UserError) as one line on stderr and exit status 1."""
-    try:
-        main(argv)
-    except UserError as error:
-        sys.exit(f"cfimage: error: {error}")
-
-
 if __name__ == "__main__":
-    app.run(main_reporting_user_errors, flags_parser=train_flags.parse_flags)
+    train_flags.run_main(main)

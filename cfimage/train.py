@@ -12,7 +12,6 @@ are in cfimage/train_flags.py, the run config built from them in cfimage/config.
 
 import functools
 import os
-import sys
 import time
 
 import cfimage  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
@@ -23,7 +22,6 @@ from cfimage import config as config_lib
 from cfimage import train_flags
 from cfimage import workdir as workdir_lib
 from cfimage.catalogue import demo, images, reader
-from cfimage.errors import UserError
 from cfimage.serving import run_export
 from cfimage.stage1 import pipeline
 from cfimage.stage2 import data, evaluation, hparams, inputs, trainer
@@ -130,16 +128,8 @@ def main(argv):
     log(f"done in {time.time() - started:.0f} s")
 
 
-def main_reporting_user_errors(argv):
-    """main, with a user's mistake (UserError) as one line on stderr and exit status 1."""
-    try:
-        main(argv)
-    except UserError as error:
-        sys.exit(f"cfimage: error: {error}")
-
-
 def run():
-    app.run(main_reporting_user_errors, flags_parser=train_flags.parse_flags)
+    train_flags.run_main(main)
 
 
 if __name__ == "__main__":

@@ -392,6 +392,18 @@ def parse_flags(argv):
     return app.parse_flags_with_usage(argv)
 
 
+def run_main(main):
+    """The entry point of every `python -m cfimage.<command>`: absl's app.run of `main` with
+    these flags, and a user's mistake (UserError) as one line on stderr and exit status 1."""
+    def main_reporting_user_errors(argv):
+        try:
+            main(argv)
+        except UserError as error:
+            sys.exit(f"cfimage: error: {error}")
+
+    app.run(main_reporting_user_errors, flags_parser=parse_flags)
+
+
 def log(message):
     print(f"[cfimage] {message}", flush=True)
 
