@@ -26,13 +26,20 @@ SEEDS="${2:-0-29}"
 DATA="${CFIMAGE_MOVIELENS_DIR:-../shared/data/movielens_posters}"
 BASE=docs/results/movielens_cached  # the grid of issue 12: its cells are shared, not copied
 RESULTS="${RESULTS:-$BASE}"
-ARMS="${ARMS:-image_only,multitask,multitask_sqrt,multitask_loss,two_stage,contrastive}"
+DEFAULT_ARMS=image_only,multitask,multitask_sqrt,multitask_loss,two_stage,contrastive
+ARMS="${ARMS:-$DEFAULT_ARMS}"
 EXTRA_FLAGS="${EXTRA_FLAGS:-}"
-if [ -n "$EXTRA_FLAGS" ] && [ "$WORKDIR" = runs/movielens_cached ]; then
+if { [ -n "$EXTRA_FLAGS" ] || [ "$ARMS" != "$DEFAULT_ARMS" ]; } && [ "$RESULTS" = "$BASE" ]; then
+  echo "movielens_cached.sh: other ARMS or EXTRA_FLAGS need RESULTS of their own (the report" \
+       "and cells of $BASE are the issue-12 grid's)" >&2
+  exit 1
+fi
+if [ -n "$EXTRA_FLAGS" ] && [ "$(realpath -m "$WORKDIR")" = "$(realpath -m runs/movielens_cached)" ]; then
   echo "movielens_cached.sh: EXTRA_FLAGS needs a workdir of its own (its cells would take the" \
        "names of the issue-12 grid's): pass one, e.g. runs/movielens_variant" >&2
   exit 1
 fi
+IFS=, read -ra ARM_LIST <<<"$ARMS"
 FEATURES="${FEATURES:-$WORKDIR/features}"
 CATALOGUE="$WORKDIR/catalogue"
 if [ ! -f "$CATALOGUE/items.csv" ]; then
@@ -83,10 +90,15 @@ for saved in "$SHARED"/cells/*/metrics.json "$RESULTS"/cells/*/metrics.json; do
   fi
 done
 
-keep_cells() {  # copies every finished cell's metrics.json (and the report) into $RESULTS
+keep_cells() {  # copies the finished cells of $ARMS (metrics.json) and the report into $RESULTS
   for done_cell in "$WORKDIR"/cells/*/metrics.json; do
     [ -f "$done_cell" ] || continue
     cell="$(basename "$(dirname "$done_cell")")"
+    ours=false  # only this run's arms: the workdir may hold other grids' cells
+    for arm in "${ARM_LIST[@]}"; do
+      case "$cell" in "${arm}_r"*) ours=true ;; esac
+    done
+    if [ "$ours" = false ]; then continue; fi
     if [ "$RESULTS" != "$SHARED" ] && [ -f "$SHARED/cells/$cell/metrics.json" ]; then continue; fi
     mkdir -p "$RESULTS/cells/$cell" && cp "$done_cell" "$RESULTS/cells/$cell/metrics.json"
   done
