@@ -26,6 +26,23 @@ run_protocol() {  # NAME SEEDS CF_WEIGHTS TRAIN_FLAGS
   local name="$1" seeds="$2" weights="$3" flags="$4"
   local workdir="$WORKDIR/$name" results="$RESULTS/$name"
   mkdir -p "$workdir/cells" "$results/cells"
+  # Stage 1 first, so that its vectors can be checked against the committed cells' (sha256
+  # beside them) before any cell is restored: cells of other vectors are never mixed.
+  if [ ! -f "$workdir/stage1/cf_stage1.json" ]; then
+    echo "$flags" | tr ',' '\n' > "$workdir/train_flags.txt"
+    python -m cfimage.train --flagfile="$workdir/train_flags.txt" --workdir="$workdir/stage1" \
+        --stage1_only
+  fi
+  local digest
+  digest="$(python -c "import numpy as np, hashlib, sys; \
+print(hashlib.sha256(np.load(sys.argv[1])['vectors'].tobytes()).hexdigest())" \
+    "$workdir/stage1/cf_embeddings.npz")"
+  if [ -f "$results/stage1_sha256.txt" ] && [ "$(cat "$results/stage1_sha256.txt")" != "$digest" ]; then
+    echo "control.sh: stage 1 gave other vectors ($digest) than the committed $name cells" \
+         "($(cat "$results/stage1_sha256.txt")); move $results/cells away to start afresh" >&2
+    return 1
+  fi
+  echo "$digest" > "$results/stage1_sha256.txt"
   for saved in "$results"/cells/*/metrics.json; do
     [ -f "$saved" ] || continue
     cell="$(basename "$(dirname "$saved")")"
@@ -49,7 +66,7 @@ run_protocol() {  # NAME SEEDS CF_WEIGHTS TRAIN_FLAGS
 }
 
 chosen_lambda() {  # the λ of the cached multitask arm with the best mean validation mAP
-  python - "$WORKDIR/cached/results.csv" <<'EOF'
+  python - "$RESULTS/cached/results.csv" <<'EOF'
 import sys
 import pandas as pd
 results = pd.read_csv(sys.argv[1])
@@ -64,11 +81,16 @@ for protocol in $PROTOCOLS; do
       run_protocol cached "$CACHED_SEEDS" 2,8 "$COMMON,--train_backbone=false,\
 --adapter_units=256,--feature_cache=$WORKDIR/features,--epochs=30" ;;
     e2e)
-      if [ ! -f "$WORKDIR/cached/results.csv" ]; then
+      if [ ! -f "$RESULTS/cached/results.csv" ]; then
         echo "control.sh: the end-to-end run takes the cached run's λ: run PROTOCOLS=cached first" >&2
         exit 1
       fi
-      run_protocol e2e "$E2E_SEEDS" "$(chosen_lambda)" "$COMMON,--epochs=15" ;;
+      lambda="$(chosen_lambda)"
+      if [ -z "$lambda" ]; then
+        echo "control.sh: no multitask λ in $RESULTS/cached/results.csv" >&2
+        exit 1
+      fi
+      run_protocol e2e "$E2E_SEEDS" "$lambda" "$COMMON,--epochs=15" ;;
     *) echo "control.sh: unknown protocol $protocol (cached, e2e)" >&2; exit 1 ;;
   esac
 done
