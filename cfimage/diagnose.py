@@ -90,7 +90,7 @@ def main(argv):
     catalogue = images.drop_unreadable_images(catalogue, spec, FLAGS.on_bad_image, workdir, log,
                                               check_cache=cache)
     log(reader.describe(catalogue))
-    multi_label = catalogue.multi_label if FLAGS.task == "auto" else FLAGS.task == "multi_label"
+    multi_label = catalogue.is_multi_label(FLAGS.task)
 
     # --- Stage 1: CF vectors (reused from the workdir when done) and interaction counts -
     stage1_config, stream_config = run_config.stage1.two_tower, run_config.stage1.stream

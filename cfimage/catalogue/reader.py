@@ -80,6 +80,11 @@ class Catalogue:
     def num_classes(self):
         return len(self.label_names)
 
+    def is_multi_label(self, task):
+        """Whether a run with --task=`task` (auto, multi_label or single_label) treats this
+        catalogue as multi-label: auto follows the labels (some item has two or more)."""
+        return self.multi_label if task == "auto" else task == "multi_label"
+
 
 def read_csv_chunks(path, what, chunk_rows=None, stream=None, one_row_per_line=False):
     """Reads a CSV file as strings, `chunk_rows` rows at a time (all at once when None);

@@ -201,8 +201,7 @@ def trained_model(run, catalogue):
     best = os.path.join(run.workdir, *MODEL_FILES[1])  # read_run checked that one exists
     stage2, scaling = run.stage2, run.metrics["cf_scaling"]
     cf_dim = len(scaling["matrix"]) if "matrix" in scaling else len(scaling["mean"])
-    task = run.config["catalogue"]["task"]
-    multi_label = catalogue.multi_label if task == "auto" else task == "multi_label"
+    multi_label = catalogue.is_multi_label(run.config["catalogue"]["task"])
     shape = dict(dropout=stage2["dropout"], adapter_units=stage2["adapter_units"],
                  hybrid=arms.get(stage2["arm"]).cf_input,
                  cf_input_dropout=stage2["cf_input_dropout"])

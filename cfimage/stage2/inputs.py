@@ -45,7 +45,7 @@ def prepare(catalogue, vectors, has_vector, stage2, cf_target_scale, task, globa
     `count_interactions()` gives the interactions per item, called only for sqrt weights or
     --cf_loss_min_interactions; `load_users()` stage 1's user vectors (or None), called only
     for --cf_loss=score. `cf_target` is --cf_target (cfimage/stage2/cf_targets.py)."""
-    multi_label = catalogue.multi_label if task == "auto" else task == "multi_label"
+    multi_label = catalogue.is_multi_label(task)
 
     # Split and label masking (one seed: every arm of a seed sees the same ones).
     try:

@@ -80,3 +80,17 @@ def test_non_utf8_file_is_reported(tmp_path):
         f.write(b"item_id,image,labels\na,images/a.png,caf\xe9\n")
     with pytest.raises(catalogue_lib.CatalogueError, match="not valid UTF-8"):
         catalogue_lib.load_catalogue(root)
+
+
+def test_the_task_flag_overrides_what_the_labels_say(tmp_path):
+    from cfimage.catalogue import demo
+    multi = catalogue_lib.load_catalogue(demo.make_demo_catalogue(
+        str(tmp_path / "multi"), seed=1, num_items=60, num_users=30, image_size=16))
+    single = catalogue_lib.load_catalogue(demo.make_demo_catalogue(
+        str(tmp_path / "single"), seed=1, num_items=60, num_users=30, image_size=16,
+        kind="control"))
+    assert multi.multi_label and not single.multi_label
+    assert [multi.is_multi_label(t) for t in ("auto", "multi_label", "single_label")] == \
+        [True, True, False]
+    assert [single.is_multi_label(t) for t in ("auto", "multi_label", "single_label")] == \
+        [False, True, False]
