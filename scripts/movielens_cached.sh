@@ -15,6 +15,11 @@
 #       runs/movielens_mult_vae
 # Such a run shares no cells with docs/results/movielens_cached (its image-only cells run
 # again on its own vectors).
+# PROTOCOL=e2e fine-tunes the backbone end to end instead (96x64 px, 6 epochs: the protocol
+# of docs/results/movielens_lite0, 3-4.5 min per cell here), on the same catalogue and stage 1;
+# it too needs a workdir and RESULTS of its own (issue 14's confirmation):
+#   PROTOCOL=e2e ARMS=image_only,hybrid RESULTS=docs/results/movielens_hybrid/e2e \
+#       bash scripts/movielens_cached.sh runs/movielens_hybrid_e2e 0-4
 # Each finished cell's metrics.json is also kept under docs/results/movielens_cached/cells/
 # (commit them as they arrive): a later run on a fresh machine restores them and runs only the
 # cells still missing. It refuses to mix cells whose stage-1 vectors differ (sha256 of the
@@ -29,14 +34,25 @@ RESULTS="${RESULTS:-$BASE}"
 DEFAULT_ARMS=image_only,multitask,multitask_sqrt,multitask_loss,two_stage,contrastive
 ARMS="${ARMS:-$DEFAULT_ARMS}"
 EXTRA_FLAGS="${EXTRA_FLAGS:-}"
-if { [ -n "$EXTRA_FLAGS" ] || [ "$ARMS" != "$DEFAULT_ARMS" ]; } && [ "$RESULTS" = "$BASE" ]; then
-  echo "movielens_cached.sh: other ARMS or EXTRA_FLAGS need RESULTS of their own (the report" \
-       "and cells of $BASE are the issue-12 grid's)" >&2
+PROTOCOL="${PROTOCOL:-cached}"
+case "$PROTOCOL" in
+  cached) STAGE2_FLAGS="--image_size=224x160,--train_backbone=false,--adapter_units=256,\
+--feature_cache=FEATURES_DIR,--epochs=30,--early_stopping_patience=5,--batch_size=64,\
+--learning_rate=1e-3,--pretrain_epochs=10"
+          OWN_GRID="$EXTRA_FLAGS" ;;  # non-empty: cells of its own, not the issue-12 grid's
+  e2e) STAGE2_FLAGS="--image_size=96x64,--train_backbone=true,--epochs=6,--batch_size=32,\
+--learning_rate=5e-4"
+       OWN_GRID=e2e ;;
+  *) echo "movielens_cached.sh: unknown PROTOCOL $PROTOCOL (cached, e2e)" >&2; exit 1 ;;
+esac
+if { [ -n "$OWN_GRID" ] || [ "$ARMS" != "$DEFAULT_ARMS" ]; } && [ "$RESULTS" = "$BASE" ]; then
+  echo "movielens_cached.sh: other ARMS, EXTRA_FLAGS or PROTOCOL need RESULTS of their own" \
+       "(the report and cells of $BASE are the issue-12 grid's)" >&2
   exit 1
 fi
-if [ -n "$EXTRA_FLAGS" ] && [ "$(realpath -m "$WORKDIR")" = "$(realpath -m runs/movielens_cached)" ]; then
-  echo "movielens_cached.sh: EXTRA_FLAGS needs a workdir of its own (its cells would take the" \
-       "names of the issue-12 grid's): pass one, e.g. runs/movielens_variant" >&2
+if [ -n "$OWN_GRID" ] && [ "$(realpath -m "$WORKDIR")" = "$(realpath -m runs/movielens_cached)" ]; then
+  echo "movielens_cached.sh: EXTRA_FLAGS or PROTOCOL=e2e need a workdir of its own (its cells" \
+       "would take the names of the issue-12 grid's): pass one, e.g. runs/movielens_variant" >&2
   exit 1
 fi
 IFS=, read -ra ARM_LIST <<<"$ARMS"
@@ -48,9 +64,7 @@ if [ ! -f "$CATALOGUE/items.csv" ]; then
 fi
 TRAIN_FLAGS="--catalogue=$(cd "$CATALOGUE" && pwd),--allow_outside_paths,\
 --unknown_interaction_items=keep,--backbone=efficientnet_lite0,--weights=imagenet,\
---image_size=224x160,--train_backbone=false,--adapter_units=256,\
---feature_cache=$(mkdir -p "$FEATURES" && cd "$FEATURES" && pwd),\
---epochs=30,--early_stopping_patience=5,--batch_size=64,--learning_rate=1e-3,--pretrain_epochs=10\
+${STAGE2_FLAGS/FEATURES_DIR/$(mkdir -p "$FEATURES" && cd "$FEATURES" && pwd)}\
 ${EXTRA_FLAGS:+,$EXTRA_FLAGS}"
 EXPERIMENT=(python -m cfimage.experiment --workdir="$WORKDIR" --seeds="$SEEDS"
     --arms="$ARMS"
@@ -69,7 +83,7 @@ print(hashlib.sha256(np.load(sys.argv[1])['vectors'].tobytes()).hexdigest())" \
   "$WORKDIR/stage1/cf_embeddings.npz")"
 mkdir -p "$RESULTS/cells"
 # The grid of issue 12 shares its cells only with runs of the same flags on the same vectors.
-if [ -z "$EXTRA_FLAGS" ] && [ "$(cat "$BASE/stage1_sha256.txt" 2>/dev/null)" = "$DIGEST" ]; then
+if [ -z "$OWN_GRID" ] && [ "$(cat "$BASE/stage1_sha256.txt" 2>/dev/null)" = "$DIGEST" ]; then
   SHARED="$BASE"
 else
   SHARED="$RESULTS"
