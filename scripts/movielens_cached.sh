@@ -20,6 +20,9 @@
 # it too needs a workdir and RESULTS of its own (issue 14's confirmation):
 #   PROTOCOL=e2e ARMS=image_only,hybrid RESULTS=docs/results/movielens_hybrid/e2e \
 #       bash scripts/movielens_cached.sh runs/movielens_hybrid_e2e 0-4
+# LABEL_RATIOS (default 0.1,0.3,1.0) and CF_WEIGHTS (default 0.5,2) run part of the grid;
+# RESTORE=no trains every cell afresh in the workdir, keeping its checkpoints (nothing is
+# restored from committed cells: scripts/movielens_coldstart.sh measures the models).
 # Each finished cell's metrics.json is also kept under docs/results/movielens_cached/cells/
 # (commit them as they arrive): a later run on a fresh machine restores them and runs only the
 # cells still missing. It refuses to mix cells whose stage-1 vectors differ (sha256 of the
@@ -34,6 +37,9 @@ RESULTS="${RESULTS:-$BASE}"
 DEFAULT_ARMS=image_only,multitask,multitask_sqrt,multitask_loss,two_stage,contrastive
 ARMS="${ARMS:-$DEFAULT_ARMS}"
 EXTRA_FLAGS="${EXTRA_FLAGS:-}"
+LABEL_RATIOS="${LABEL_RATIOS:-0.1,0.3,1.0}"
+CF_WEIGHTS="${CF_WEIGHTS:-0.5,2}"
+RESTORE="${RESTORE:-yes}"
 PROTOCOL="${PROTOCOL:-cached}"
 case "$PROTOCOL" in
   cached) STAGE2_FLAGS="--image_size=224x160,--train_backbone=false,--adapter_units=256,\
@@ -68,7 +74,7 @@ ${STAGE2_FLAGS/FEATURES_DIR/$(mkdir -p "$FEATURES" && cd "$FEATURES" && pwd)}\
 ${EXTRA_FLAGS:+,$EXTRA_FLAGS}"
 EXPERIMENT=(python -m cfimage.experiment --workdir="$WORKDIR" --seeds="$SEEDS"
     --arms="$ARMS"
-    --label_ratios=0.1,0.3,1.0 --cf_weights=0.5,2
+    --label_ratios="$LABEL_RATIOS" --cf_weights="$CF_WEIGHTS"
     --parallel=2 --threads_per_cell=1 --cells_per_process=50 --train_flags="$TRAIN_FLAGS")
 
 # Stage 1 first (the experiment reuses it), so that its vectors can be checked against the
@@ -97,7 +103,7 @@ for results in "$SHARED" "$RESULTS"; do
 done
 echo "$DIGEST" > "$RESULTS/stage1_sha256.txt"
 for saved in "$SHARED"/cells/*/metrics.json "$RESULTS"/cells/*/metrics.json; do
-  [ -f "$saved" ] || continue
+  [ -f "$saved" ] && [ "$RESTORE" != no ] || continue
   cell="$(basename "$(dirname "$saved")")"
   if [ ! -f "$WORKDIR/cells/$cell/metrics.json" ]; then
     mkdir -p "$WORKDIR/cells/$cell" && cp "$saved" "$WORKDIR/cells/$cell/metrics.json"
