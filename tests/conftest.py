@@ -14,6 +14,14 @@ import pytest
 MOVIELENS_ENV = "CFIMAGE_MOVIELENS_DIR"
 
 
+def pytest_collection_modifyitems(items):
+    """Files with a slow test first, otherwise in collection order: pytest-xdist
+    (--dist loadfile --no-loadscope-reorder, setup.cfg) hands whole files to its workers in
+    this order, so the long files start early and the last ones to run are short."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # a stable sort
+
+
 def movielens_dir():
     """The folder named by $CFIMAGE_MOVIELENS_DIR, or None when it is unset or missing."""
     path = os.environ.get(MOVIELENS_ENV, "")

@@ -21,6 +21,12 @@ TINY = ["--demo_items=120", "--demo_users=60", "--image_size=32", "--epochs=2",
 CACHED = ["--train_backbone=false", "--backbone=efficientnet_lite0", "--weights=none"]
 
 
+def on_demo_catalogue(base):
+    """Flags of a run on the module's demo catalogue: its cached runs share one feature cache
+    (the first computes the features, the others read them)."""
+    return [f"--catalogue={base}/run/demo_catalogue", f"--feature_cache={base}/features"]
+
+
 def run_train(args, cwd):
     env = {**os.environ, "PYTHONPATH": os.path.abspath(ROOT)}
     return subprocess.run([sys.executable, "-m", "cfimage.train", *args], cwd=cwd, env=env,
@@ -101,7 +107,7 @@ def test_user_vectors_skip_stage_1(demo_run, tmp_path):
     lines = ["item_id,v0,v1,v2"] + [f"{i},{a:.4f},{b:.4f},{c:.4f}"
                                     for i, (a, b, c) in zip(ids, rng.normal(size=(60, 3)))]
     (tmp_path / "vectors.csv").write_text("\n".join(lines) + "\n")
-    result = run_train(TINY + [f"--catalogue={base}/run/demo_catalogue", "--epochs=1",
+    result = run_train(TINY + [*on_demo_catalogue(base), "--epochs=1",
                                f"--cf_embeddings={tmp_path}/vectors.csv",
                                f"--workdir={tmp_path}/run", "--noexport", *CACHED],
                        cwd=str(tmp_path))
@@ -151,7 +157,7 @@ def test_a_user_error_found_while_running_is_one_line_and_exit_status_1(tmp_path
 ])
 def test_paper_baselines_and_variants_run(demo_run, tmp_path, arm_flags, expected):
     base, _ = demo_run
-    result = run_train(TINY + [f"--catalogue={base}/run/demo_catalogue", "--epochs=1",
+    result = run_train(TINY + [*on_demo_catalogue(base), "--epochs=1",
                                f"--cf_embeddings={base}/run/cf_embeddings.npz",
                                f"--workdir={tmp_path}/run", "--noexport", *arm_flags],
                        cwd=str(tmp_path))

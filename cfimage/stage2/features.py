@@ -22,9 +22,12 @@ changed, or that a killed run never reached, are computed again; rows of other i
 with the same settings are borrowed, so dropping or adding a few items costs only those.
 The .npy is written before its key (each atomically), so a killed run never pairs a key with
 features it does not describe; extraction saves its progress every `save_every` images and
-resumes from there.
+resumes from there. Processes that want the same file at the same time (the cells an
+experiment starts together on a fresh cache) take turns on <stem>.lock: the first computes,
+the others then find its rows and reuse them.
 """
 
+import contextlib
 import dataclasses
 import glob
 import hashlib
@@ -167,6 +170,36 @@ def view_features(directory, image_paths, backbone, weights, image_size, view, *
     fingerprints = image_fingerprints(image_paths)
     os.makedirs(directory, exist_ok=True)
     stem = cache_stem(directory, settings, image_paths)
+    with _turn(stem, log):  # rows another process is computing now are waited for, reused
+        return _view_features(stem, settings, fingerprints, image_paths, backbone, weights,
+                              image_size, view, batch_size, save_every, get_extractor, log)
+
+
+@contextlib.contextmanager
+def _turn(stem, log=print):
+    """An exclusive lock on <stem>.lock while the block runs (released when the process ends,
+    however it ends). Without POSIX locks (another OS, a filesystem without them) each
+    process computes what it finds missing, as if alone."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(stem + ".lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"features {os.path.basename(stem)}: another process is computing them; "
+                "waiting to reuse its rows")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield  # closing the file releases the lock
+
+
+def _view_features(stem, settings, fingerprints, image_paths, backbone, weights, image_size,
+                   view, batch_size, save_every, get_extractor, log):
+    directory = os.path.dirname(stem)
     known = _known_rows(directory, settings, fingerprints)
     missing = [i for i in range(len(image_paths)) if i not in known]
     name = os.path.basename(stem)

@@ -51,6 +51,19 @@ def compile_model(model, optimizer, label_loss, arm, label_weight, cf_weight, ji
                   metrics=metrics, jit_compile=jit_compile)
 
 
+def build_training_state(model, dataset):
+    """Creates the compiled model's optimizer slots and loss and metric trackers before fit,
+    symbolically from `dataset`'s element spec (no batch is read, no weight changes).
+
+    Why: a model built outside a distribution strategy (the default strategy) gets them from
+    Keras inside the first trace of its train step, and a tf.function that created variables
+    on its first call is traced a second time without them: the whole network traced twice,
+    10-30 s of an end-to-end EfficientNet on a CPU. Under a strategy (multi_worker) Keras
+    builds them in fit, the same way, and this finds them built."""
+    with model.distribute_strategy.scope():
+        model._symbolic_build(data_batch=dataset.element_spec)  # what fit does under a strategy
+
+
 def resumable_fit(model, train_ds, val_ds, epochs, workdir, tag, callbacks=(), log=print,
                   max_loss=None, initial_epoch=0):
     """model.fit that a killed run resumes (BackupAndRestore in <workdir>/backup[_tag]).
@@ -72,6 +85,7 @@ def resumable_fit(model, train_ds, val_ds, epochs, workdir, tag, callbacks=(), l
         keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard", tag or ""),
                                     update_freq="epoch"),
     ]
+    build_training_state(model, train_ds)
     # shuffle=False: the tf.data pipeline shuffles (data.make_dataset); Keras cannot.
     model.fit(train_ds, validation_data=val_ds, epochs=initial_epoch + epochs,
               initial_epoch=initial_epoch, callbacks=all_callbacks, shuffle=False,

@@ -2,6 +2,8 @@
 
 import json
 import os
+import threading
+import time
 
 import cfimage  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import keras
@@ -129,6 +131,38 @@ def test_a_killed_extraction_resumes_and_a_subset_borrows_rows(tmp_path):
                                                       "none", SIZE, "plain", log=lambda _: None)
     assert (computed, reused) == (0, 3)
     np.testing.assert_array_equal(subset, values[1:4])
+
+
+def test_two_callers_at_once_compute_the_features_once(tmp_path):
+    # As two cells that an experiment starts together on a fresh cache: the second waits for
+    # the first (a lock file per cache file; two threads hold separate locks, as processes do)
+    # and reuses its rows instead of computing them too.
+    paths = _write_images(str(tmp_path / "images"), 4)
+    cache = str(tmp_path / "cache")
+    real = features.FeatureExtractor("efficientnet_lite0", "none", SIZE)
+    computing = threading.Event()
+
+    def slow_extractor():
+        def extract(batch):
+            computing.set()
+            time.sleep(1.0)  # the second caller arrives while the first computes
+            return real(batch)
+        return extract
+
+    first = {}
+    thread = threading.Thread(target=lambda: first.update(result=features.view_features(
+        cache, paths, "efficientnet_lite0", "none", SIZE, "plain",
+        get_extractor=slow_extractor, log=lambda _: None)))
+    thread.start()
+    assert computing.wait(timeout=120)
+    messages = []
+    values, computed, reused = features.view_features(
+        cache, paths, "efficientnet_lite0", "none", SIZE, "plain",
+        get_extractor=lambda: real, log=messages.append)
+    thread.join(timeout=120)
+    assert first["result"][1:] == (4, 0) and (computed, reused) == (0, 4)
+    np.testing.assert_array_equal(values, first["result"][0])
+    assert any("another process is computing them; waiting" in line for line in messages)
 
 
 def test_bad_views_are_refused(images, tmp_path):

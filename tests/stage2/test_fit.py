@@ -72,6 +72,33 @@ def test_healthy_fit_writes_history_and_removes_its_backup(tmp_path):
     assert os.path.isfile(path) and not os.path.exists(path.replace(".weights", ".tmp.weights"))
 
 
+def _compiled_tiny_model():
+    model = _tiny_model()
+    fit.compile_model(model, fit.make_optimizer("adamw", 1e-3, 0.0, 1.0, 10),
+                      losses.MaskedWeightedBCE([1.0, 1.0]), "multitask", 1.0, 1.0, False)
+    return model
+
+
+def test_the_training_state_is_built_before_fit_so_the_step_is_traced_once(tmp_path):
+    data = _dataset(np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32))
+    # The optimizer slots and loss trackers, from the data's spec: no weight changes.
+    model = _compiled_tiny_model()
+    weights = [w.numpy().copy() for w in model.weights]
+    fit.build_training_state(model, data)
+    assert model.optimizer.built and len(model.optimizer.variables) > 2 * len(weights)
+    assert model.metrics_variables
+    for before, after in zip(weights, model.weights):
+        np.testing.assert_array_equal(before, after.numpy())
+    # So the first trace of the train step creates no variable, and TensorFlow does not
+    # trace it a second time (train_step runs once per trace).
+    model = _compiled_tiny_model()
+    traces = []
+    train_step = model.train_step
+    model.train_step = lambda batch: traces.append(batch) or train_step(batch)
+    fit.resumable_fit(model, data, data, 2, str(tmp_path), "")
+    assert len(traces) == 1
+
+
 @pytest.mark.parametrize("arm", list(arms.ARMS))
 def test_each_arm_compiles_its_cf_loss_with_the_given_weights(arm):
     model = _tiny_model()
