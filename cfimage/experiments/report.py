@@ -123,7 +123,7 @@ def sweep(results):
     return rows
 
 
-def _gain_cells(r, corrected):
+def gain_cells(r, corrected):
     """The paired-gain columns of a row: mean gain, its 95% CI, p (and Holm's p, significant)."""
     if "gain" not in r:
         return ["—"] * (5 if corrected else 3)
@@ -145,7 +145,7 @@ def _table(header, rows, cells, corrected):
     Holm-corrected p-value and whether it is significant)."""
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for r in rows:
-        lines.append("| " + " | ".join([*cells(r), *_gain_cells(r, corrected)]) + " |")
+        lines.append("| " + " | ".join([*cells(r), *gain_cells(r, corrected)]) + " |")
     return "\n".join(lines)
 
 

@@ -1,0 +1,179 @@
+"""Screening: many experiments' results against one image-only baseline, and the choice of a
+configuration per label ratio on validation only (cfimage/screen.py is the command).
+
+Each experiment (one `cfimage.experiment` workdir or its committed copy, read from its
+results.csv) is one *option*: a CF model, target or loss that needed a workdir of its own.
+Every arm of every option other than image-only is a candidate; its λ is chosen on
+validation within the candidate (report.choose_lambda), its paired test gain over image-only
+is tested, and all those tests, over every option and label ratio, are Holm-corrected as one
+family. The experiments must share the baseline: image-only cells of the same seed and label
+ratio must have the same test mAP in every experiment that has them (their split, label mask
+and initial weights do not depend on the CF vectors), or the pairing would be false.
+
+The configuration to confirm per label ratio is the candidate, image-only included, with the
+best mean validation mAP over the seeds that all of them finished; the test figures never
+enter that choice.
+"""
+
+import os
+
+import numpy as np
+import pandas as pd
+
+from cfimage.errors import UserError
+from cfimage.experiments import report
+
+COLUMNS = ["arm", "label_ratio", "cf_weight", "seed", "val_map", "test_map",
+           "test_precision_at_1"]
+
+
+def read_results(named_dirs):
+    """{option: DataFrame} from {option: directory or results.csv path}."""
+    tables = {}
+    for option, location in named_dirs.items():
+        path = (os.path.join(location, "results.csv") if os.path.isdir(location)
+                else location)
+        if not os.path.isfile(path):
+            raise UserError(f"--results: {option}={location}: no results.csv there (a "
+                            "cfimage.experiment workdir, or a copy of its results.csv)")
+        table = pd.read_csv(path)
+        missing = [c for c in COLUMNS if c not in table.columns]
+        if missing:
+            raise UserError(f"--results: {path} lacks the columns {missing}: not a "
+                            "cfimage.experiment results.csv")
+        tables[option] = table[COLUMNS]
+    return tables
+
+
+def shared_baseline(tables):
+    """The image-only rows of every experiment, merged: one row per (label_ratio, seed).
+    Raises UserError when two experiments disagree on one of them (not paired)."""
+    rows = []
+    for option, table in tables.items():
+        rows.append(table[table.arm == report.BASELINE].assign(option=option))
+    merged = pd.concat(rows, ignore_index=True)
+    if merged.empty:
+        raise UserError(f"--results: no {report.BASELINE} cells in any experiment: nothing "
+                        "to compare the arms with")
+    for (ratio, seed), group in merged.groupby(["label_ratio", "seed"]):
+        if group.test_map.nunique() > 1 or group.val_map.nunique() > 1:
+            raise UserError(
+                f"--results: the {report.BASELINE} cells of label ratio {ratio:g}, seed "
+                f"{seed} differ between {', '.join(group.option)} (test mAP "
+                f"{', '.join(f'{v:.6f}' for v in group.test_map)}): the experiments do not "
+                "share their splits, label masks or initial weights, so their arms cannot "
+                "be paired with one baseline")
+    return merged.drop_duplicates(["label_ratio", "seed"]).drop(columns="option")
+
+
+def candidates(tables, baseline):
+    """One row per (label_ratio, option, arm) at the λ chosen on validation within it, with
+    mean validation mAP, test mAP and the paired gain over the shared baseline; the tested
+    rows get `p_holm` over all of them and `significant`."""
+    rows = []
+    for option, table in tables.items():
+        arms = table[table.arm != report.BASELINE]
+        if arms.empty:
+            continue
+        results = pd.concat([arms, baseline], ignore_index=True)
+        for (arm, ratio), cf_weight in report.choose_lambda(arms).items():
+            cell = arms[(arms.arm == arm) & (arms.label_ratio == ratio)
+                        & (arms.cf_weight == cf_weight)].set_index("seed")
+            rows.append({"label_ratio": ratio, "option": option, "arm": arm,
+                         "cf_weight": cf_weight, "seeds": len(cell),
+                         "val_map": float(cell.val_map.mean()),
+                         **report.summarise_cell(results, cell, ratio)})
+    tested = [r for r in rows if "p_value" in r]
+    for row, adjusted in zip(tested, report.holm([r["p_value"] for r in tested])):
+        row["p_holm"] = float(adjusted)
+        row["significant"] = bool(adjusted < report.ALPHA)
+    return sorted(rows, key=lambda r: (r["label_ratio"], r["option"], r["arm"]))
+
+
+def choose(tables, baseline, rows):
+    """Per label ratio: every candidate's (and image-only's) mean validation mAP over the
+    seeds they all finished, and the best of them. Returns {ratio: (choice, scores, number
+    of seeds)}, where scores maps (option, arm, λ) to that mean, image-only as
+    ("—", image_only, 0)."""
+    chosen = {}
+    for ratio in sorted(baseline.label_ratio.unique()):
+        base = baseline[baseline.label_ratio == ratio].set_index("seed").val_map
+        cells = {("—", report.BASELINE, 0.0): base}
+        for r in rows:
+            if r["label_ratio"] != ratio:
+                continue
+            table = tables[r["option"]]
+            cells[(r["option"], r["arm"], r["cf_weight"])] = table[
+                (table.arm == r["arm"]) & (table.label_ratio == ratio)
+                & (table.cf_weight == r["cf_weight"])].set_index("seed").val_map
+        common = set.intersection(*(set(values.index) for values in cells.values()))
+        if not common:
+            continue
+        seeds = sorted(common)
+        scores = {key: float(values[seeds].mean()) for key, values in cells.items()}
+        best = max(scores, key=scores.get)
+        chosen[ratio] = (best, scores, len(seeds))
+    return chosen
+
+
+def write(out_dir, named_dirs, command, log=print):
+    """Reads the experiments, writes screening.md and screening.csv into `out_dir`, returns
+    the rows."""
+    tables = read_results(named_dirs)
+    baseline = shared_baseline(tables)
+    rows = candidates(tables, baseline)
+    if not rows:
+        raise UserError("--results: no arm other than image-only in any experiment")
+    chosen = choose(tables, baseline, rows)
+    os.makedirs(out_dir, exist_ok=True)
+    pd.DataFrame(rows).to_csv(os.path.join(out_dir, "screening.csv"), index=False)
+    tests = sum(1 for r in rows if "p_holm" in r and not np.isnan(r["p_value"]))
+    lines = [
+        "# Screening", "", f"Command: `{command}`", "",
+        "Experiments: " + ", ".join(f"`{o}` ({d})" for o, d in named_dirs.items()) + ". "
+        "Each row is one arm of one experiment at the λ chosen on its mean validation mAP; "
+        "the gain is paired with the image-only cells shared by all experiments (checked "
+        f"equal); the p-values of all {tests} comparisons are Holm-corrected together.", "",
+        "| label ratio | experiment | arm | λ (on val) | seeds | validation mAP | "
+        "test macro mAP | gain vs image-only | 95% CI | p | p (Holm) | significant |",
+        "|" + " --- |" * 12]
+    for r in rows:
+        gain = report.gain_cells(r, corrected=True)
+        lines.append("| " + " | ".join([
+            f"{r['label_ratio']:g}", r["option"], r["arm"], f"{r['cf_weight']:g}",
+            f"{r['seeds']}", f"{r['val_map']:.4f}", f"{r['map']:.4f} ± {r['map_ci']:.4f}",
+            *gain]) + " |")
+    lines += ["", "## Chosen on validation", "",
+              "Per label ratio, the configuration with the best mean validation mAP over the "
+              "seeds that every candidate finished (image-only included); the test figures "
+              "play no part in the choice.", "",
+              "| label ratio | seeds | chosen | its validation mAP | image-only's | "
+              "runner-up | chosen: test gain vs image-only (read once) |", "|" + " --- |" * 7]
+    for ratio, (best, scores, seeds) in chosen.items():
+        ranked = sorted(scores, key=scores.get, reverse=True)
+        runner = ranked[1] if len(ranked) > 1 else None
+        base_key = ("—", report.BASELINE, 0.0)
+        lines.append(f"| {ratio:g} | {seeds} | {_name(best)} | {scores[best]:.4f} | "
+                     f"{scores[base_key]:.4f} | "
+                     + (f"{_name(runner)} ({scores[runner]:.4f})" if runner else "—") + " | "
+                     + _test_text(rows, ratio, best) + " |")
+        log(f"label ratio {ratio:g}: chosen on validation {_name(best)} "
+            f"({scores[best]:.4f}; image-only {scores[base_key]:.4f}, {seeds} seeds)")
+    with open(os.path.join(out_dir, "screening.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return rows
+
+
+def _test_text(rows, ratio, key):
+    """The chosen candidate's paired test gain, CI and Holm p (— for image-only)."""
+    for r in rows:
+        if (r["label_ratio"], r["option"], r["arm"], r["cf_weight"]) == (ratio, *key) \
+                and "gain" in r:
+            gain, interval, _, p_holm, _ = report.gain_cells(r, corrected=True)
+            return f"{gain} {interval}, Holm p {p_holm}"
+    return "—"
+
+
+def _name(key):
+    option, arm, cf_weight = key
+    return arm if arm == report.BASELINE else f"{option}: {arm} λ={cf_weight:g}"
