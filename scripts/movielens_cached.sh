@@ -25,8 +25,13 @@
 # restored from committed cells: scripts/movielens_coldstart.sh measures the models).
 # Each finished cell's metrics.json is also kept under docs/results/movielens_cached/cells/
 # (commit them as they arrive): a later run on a fresh machine restores them and runs only the
-# cells still missing. It refuses to mix cells whose stage-1 vectors differ (sha256 of the
-# vectors, recorded beside the cells).
+# cells still missing. It refuses to mix cells whose stage-1 vectors differ: stage1_sha256.txt
+# (sha256 of the vectors) and stage1_fingerprint.json (scripts/stage1_fingerprint.py: means,
+# stds and random projections of the vectors) are recorded beside the cells. Stage 1 is
+# bit-reproducible on one CPU model only (oneDNN's sgemm picks its kernel per processor: an AMD
+# EPYC and an Intel Sapphire Rapids differ by max |diff| 1.3e-6, recall@10 0.262 either way),
+# so on another CPU the sha256 differs and the fingerprint decides: equal up to rounding counts
+# as the same vectors; without a fingerprint the script refuses as for other vectors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKDIR="${1:-runs/movielens_cached}"
@@ -84,24 +89,51 @@ if [ ! -f "$WORKDIR/stage1/cf_stage1.json" ]; then
   python -m cfimage.train --flagfile="$WORKDIR/train_flags.txt" --workdir="$WORKDIR/stage1" \
       --stage1_only
 fi
+VECTORS="$WORKDIR/stage1/cf_embeddings.npz"
 DIGEST="$(python -c "import numpy as np, hashlib, sys; \
-print(hashlib.sha256(np.load(sys.argv[1])['vectors'].tobytes()).hexdigest())" \
-  "$WORKDIR/stage1/cf_embeddings.npz")"
+print(hashlib.sha256(np.load(sys.argv[1])['vectors'].tobytes()).hexdigest())" "$VECTORS")"
+CHECK=""
+same_vectors() {  # true when the cells under $1 trained on these vectors (CHECK: why, if known)
+  CHECK="no $1/stage1_fingerprint.json (recorded before fingerprints were)"
+  if [ "$(cat "$1/stage1_sha256.txt" 2>/dev/null)" = "$DIGEST" ]; then return 0; fi
+  [ -f "$1/stage1_fingerprint.json" ] || return 1
+  # The sha256 differs: equal up to rounding (another CPU's float kernels) counts as the same.
+  if CHECK="$(python scripts/stage1_fingerprint.py check "$VECTORS" \
+      "$1/stage1_fingerprint.json" 2>&1)"; then
+    echo "movielens_cached.sh: stage-1 vectors against $1: $CHECK"
+    return 0
+  fi
+  return 1
+}
 mkdir -p "$RESULTS/cells"
 # The grid of issue 12 shares its cells only with runs of the same flags on the same vectors.
-if [ -z "$OWN_GRID" ] && [ "$(cat "$BASE/stage1_sha256.txt" 2>/dev/null)" = "$DIGEST" ]; then
+VERIFIED=""  # the last results folder found to hold cells of these vectors
+if [ -z "$OWN_GRID" ] && same_vectors "$BASE"; then
   SHARED="$BASE"
+  VERIFIED="$BASE"
 else
   SHARED="$RESULTS"
 fi
 for results in "$SHARED" "$RESULTS"; do
-  if [ -f "$results/stage1_sha256.txt" ] && [ "$(cat "$results/stage1_sha256.txt")" != "$DIGEST" ]; then
+  if [ "$results" = "$VERIFIED" ]; then continue; fi
+  if [ -f "$results/stage1_sha256.txt" ] && ! same_vectors "$results"; then
     echo "movielens_cached.sh: stage 1 gave other vectors ($DIGEST) than the committed cells" \
-         "($(cat "$results/stage1_sha256.txt")); move $results/cells away to start afresh" >&2
+         "($(cat "$results/stage1_sha256.txt")): $CHECK. A different CPU alone changes the" \
+         "sha256 (oneDNN picks its sgemm kernels per processor); only a fingerprint of the" \
+         "cells' vectors ($results/stage1_fingerprint.json, scripts/stage1_fingerprint.py)" \
+         "lets vectors equal up to rounding through. Move $results/cells away to start afresh" >&2
     exit 1
   fi
+  VERIFIED="$results"
 done
-echo "$DIGEST" > "$RESULTS/stage1_sha256.txt"
+# The sha256 and fingerprint recorded first stay: vectors that passed the fingerprint check
+# on another CPU do not overwrite them (the reference would drift with each machine). A
+# fingerprint is added only beside a sha256 of these very vectors.
+if [ ! -f "$RESULTS/stage1_sha256.txt" ]; then echo "$DIGEST" > "$RESULTS/stage1_sha256.txt"; fi
+if [ ! -f "$RESULTS/stage1_fingerprint.json" ] \
+    && [ "$(cat "$RESULTS/stage1_sha256.txt")" = "$DIGEST" ]; then
+  python scripts/stage1_fingerprint.py write "$VECTORS" "$RESULTS/stage1_fingerprint.json"
+fi
 for saved in "$SHARED"/cells/*/metrics.json "$RESULTS"/cells/*/metrics.json; do
   [ -f "$saved" ] && [ "$RESTORE" != no ] || continue
   cell="$(basename "$(dirname "$saved")")"
