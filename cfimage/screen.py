@@ -7,10 +7,10 @@ Each --results entry NAME=DIR is a `cfimage.experiment` workdir (or a folder wit
 results.csv) that ran other stage-1 or stage-2 options on the same catalogue, seeds and label
 ratios (an option that changes the CF vectors or a flag of every cell needs a workdir of its
 own). The image-only cells must agree between them: they are the one baseline every arm is
-paired with. Writes <out>/screening.md and screening.csv: every arm at the λ chosen on
-validation, its paired test gain over image-only with Holm-corrected p-values over all of
-them, and per label ratio the configuration chosen on validation mAP alone, the one to
-confirm end to end (cfimage/experiments/screening.py).
+paired with. Writes <out>/screening.md and screening.csv (every arm at the λ chosen on
+validation, its paired test gain over image-only, Holm-corrected p-values over all of them)
+and chosen.csv (per label ratio, the configuration chosen on validation mAP alone: the one to
+confirm end to end); cfimage/experiments/screening.py.
 """
 
 import os

@@ -117,8 +117,9 @@ def choose(tables, baseline, rows):
 
 
 def write(out_dir, named_dirs, command, log=print):
-    """Reads the experiments, writes screening.md and screening.csv into `out_dir`, returns
-    the rows."""
+    """Reads the experiments, writes screening.md, screening.csv (one row per arm) and
+    chosen.csv (one row per label ratio: the configuration chosen on validation) into
+    `out_dir`; returns the rows."""
     tables = read_results(named_dirs)
     baseline = shared_baseline(tables)
     rows = candidates(tables, baseline)
@@ -159,6 +160,11 @@ def write(out_dir, named_dirs, command, log=print):
                      + _test_text(rows, ratio, best) + " |")
         log(f"label ratio {ratio:g}: chosen on validation {_name(best)} "
             f"({scores[best]:.4f}; image-only {scores[base_key]:.4f}, {seeds} seeds)")
+    pd.DataFrame([{"label_ratio": ratio, "option": best[0], "arm": best[1],
+                   "cf_weight": best[2], "seeds": seeds, "val_map": scores[best],
+                   "image_only_val_map": scores[("—", report.BASELINE, 0.0)]}
+                  for ratio, (best, scores, seeds) in chosen.items()]
+                 ).to_csv(os.path.join(out_dir, "chosen.csv"), index=False)
     with open(os.path.join(out_dir, "screening.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     return rows

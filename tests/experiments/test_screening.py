@@ -66,6 +66,8 @@ def test_report_files(tmp_path):
     assert "| 0.1 | 3 | a: multitask λ=1 | 0.6000 | 0.5000 | b: cosine λ=1 (0.5500) | +8.0%" \
         in text
     assert len(pd.read_csv(tmp_path / "out" / "screening.csv")) == 2
+    chosen = pd.read_csv(tmp_path / "out" / "chosen.csv").iloc[0]
+    assert (chosen.option, chosen.arm, chosen.cf_weight, chosen.seeds) == ("a", "multitask", 1, 3)
 
 
 def test_unpaired_baselines_are_refused(tmp_path):
