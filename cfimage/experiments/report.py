@@ -88,6 +88,16 @@ def summarise_cell(results, cell, ratio, gain=True):
     return row
 
 
+def correct_together(rows):
+    """Gives every row with a `p_value` its Holm-corrected `p_holm` over all of them and
+    `significant` (corrected p below ALPHA); returns `rows`."""
+    tested = [r for r in rows if "p_value" in r]
+    for row, adjusted in zip(tested, holm([r["p_value"] for r in tested])):
+        row["p_holm"] = float(adjusted)
+        row["significant"] = bool(adjusted < ALPHA)  # NaN (identical differences): False
+    return rows
+
+
 def summarise(results):
     """One row per (label_ratio, arm) at the λ chosen on validation; the rows that test a gain
     over image-only get their Holm-corrected p-value (`p_holm`) over all those rows, and
@@ -100,11 +110,7 @@ def summarise(results):
         row = {"label_ratio": ratio, "arm": arm, "cf_weight": cf_weight, "seeds": len(cell),
                **summarise_cell(results, cell, ratio, gain=arm != BASELINE)}
         rows.append(row)
-    tested = [r for r in rows if "p_value" in r]
-    for row, adjusted in zip(tested, holm([r["p_value"] for r in tested])):
-        row["p_holm"] = float(adjusted)
-        row["significant"] = bool(adjusted < ALPHA)  # NaN (identical differences): False
-    return rows
+    return correct_together(rows)
 
 
 def sweep(results):
@@ -198,11 +204,7 @@ def summarise_views(results):
             gain = summarise_cell(as_warm, warm_cell, ratio)
             row.update({k: gain[k] for k in ("gain", "gain_ci", "p_value") if k in gain})
         rows.append(row)
-    tested = [r for r in rows if "p_value" in r]
-    for row, adjusted in zip(tested, holm([r["p_value"] for r in tested])):
-        row["p_holm"] = float(adjusted)
-        row["significant"] = bool(adjusted < ALPHA)
-    return rows
+    return correct_together(rows)
 
 
 def _format_views(rows):

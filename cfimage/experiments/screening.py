@@ -17,7 +17,6 @@ enter that choice.
 
 import os
 
-import numpy as np
 import pandas as pd
 
 from cfimage.errors import UserError
@@ -83,10 +82,7 @@ def candidates(tables, baseline):
                          "cf_weight": cf_weight, "seeds": len(cell),
                          "val_map": float(cell.val_map.mean()),
                          **report.summarise_cell(results, cell, ratio)})
-    tested = [r for r in rows if "p_value" in r]
-    for row, adjusted in zip(tested, report.holm([r["p_value"] for r in tested])):
-        row["p_holm"] = float(adjusted)
-        row["significant"] = bool(adjusted < report.ALPHA)
+    report.correct_together(rows)
     return sorted(rows, key=lambda r: (r["label_ratio"], r["option"], r["arm"]))
 
 
@@ -128,7 +124,7 @@ def write(out_dir, named_dirs, command, log=print):
     chosen = choose(tables, baseline, rows)
     os.makedirs(out_dir, exist_ok=True)
     pd.DataFrame(rows).to_csv(os.path.join(out_dir, "screening.csv"), index=False)
-    tests = sum(1 for r in rows if "p_holm" in r and not np.isnan(r["p_value"]))
+    tests = report.corrected_tests(rows)
     lines = [
         "# Screening", "", f"Command: `{command}`", "",
         "Experiments: " + ", ".join(f"`{o}` ({d})" for o, d in named_dirs.items()) + ". "
