@@ -27,8 +27,13 @@ declare -A FLAGS=(
   [mse]=--cf_loss=mse
   [pca_whiten]=--cf_target=pca_whiten:16
   [min_interactions]=--cf_loss_min_interactions=10
+  # Each option's own knob at a second value (chosen on validation with λ by cfimage.screen):
+  [infonce_tau05]=--cf_loss=infonce,--cf_temperature_stage2=0.5
+  [pca_whiten4]=--cf_target=pca_whiten:4
+  [min_interactions3]=--cf_loss_min_interactions=3
 )
 ORDER=mult_vae,svd,cosine,l2,infonce,score,mse,pca_whiten,min_interactions
+ORDER=$ORDER,infonce_tau05,pca_whiten4,min_interactions3
 if [ "${1:-}" = confirm ]; then
   # The configuration chosen on validation per label ratio (chosen.csv of the report below),
   # end to end (PROTOCOL=e2e of movielens_cached.sh: Lite0 fine-tuned at 96x64, 6 epochs)
