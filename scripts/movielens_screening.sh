@@ -34,6 +34,8 @@ declare -A FLAGS=(
 )
 ORDER=mult_vae,svd,cosine,l2,infonce,score,mse,pca_whiten,min_interactions
 ORDER=$ORDER,infonce_tau05,pca_whiten4,min_interactions3
+declare -A SAME_OPTION=([infonce_tau05]=infonce [pca_whiten4]=pca_whiten
+                        [min_interactions3]=min_interactions)  # the knob's other value
 if [ "${1:-}" = confirm ]; then
   # The configuration chosen on validation per label ratio (chosen.csv of the report below),
   # end to end (PROTOCOL=e2e of movielens_cached.sh: Lite0 fine-tuned at 96x64, 6 epochs)
@@ -98,11 +100,17 @@ for option in "${OPTION_LIST[@]}"; do
   cp "$workdir/stage1/cf_stage1.json" "$VARIANTS/$option/"  # its held-out recall@k
 done
 
-# One report over every finished option, the issue-12 arms and the distill arms.
+# One report over every finished option, the issue-12 arms and the distill arms; an option's
+# own knob is chosen on validation between its two values (--same_option).
 RESULTS_ARG=issue12=docs/results/movielens_cached,distill=$VARIANTS
+SAME_ARG=""
 for option in ${ORDER//,/ }; do
   if [ -f "$VARIANTS/$option/results.csv" ]; then
     RESULTS_ARG="$RESULTS_ARG,$option=$VARIANTS/$option"
+    other="${SAME_OPTION[$option]:-}"
+    if [ -n "$other" ] && [ -f "$VARIANTS/$other/results.csv" ]; then
+      SAME_ARG="${SAME_ARG:+$SAME_ARG,}$option=$other"
+    fi
   fi
 done
-python -m cfimage.screen --out="$VARIANTS" --results="$RESULTS_ARG"
+python -m cfimage.screen --out="$VARIANTS" --results="$RESULTS_ARG" --same_option="$SAME_ARG"

@@ -10,6 +10,11 @@ family. The experiments must share the baseline: image-only cells of the same se
 ratio must have the same test mAP in every experiment that has them (their split, label mask
 and initial weights do not depend on the CF vectors), or the pairing would be false.
 
+An option run at several values of its own knob (an InfoNCE temperature, a number of
+components: one experiment per value, named together by `same_option`) has that knob chosen on
+validation like λ: per arm and label ratio only the value whose row has the best mean
+validation mAP is tested; the others stay in the report, untested.
+
 The configuration to confirm per label ratio is the candidate, image-only included, with the
 best mean validation mAP over the seeds that all of them finished; the test figures never
 enter that choice.
@@ -65,10 +70,10 @@ def shared_baseline(tables):
     return merged.drop_duplicates(["label_ratio", "seed"]).drop(columns="option")
 
 
-def candidates(tables, baseline):
+def candidates(tables, baseline, same_option=None):
     """One row per (label_ratio, option, arm) at the λ chosen on validation within it, with
     mean validation mAP, test mAP and the paired gain over the shared baseline; the tested
-    rows get `p_holm` over all of them and `significant`."""
+    rows (see choose_knobs) get `p_holm` over all of them and `significant`."""
     rows = []
     for option, table in tables.items():
         arms = table[table.arm != report.BASELINE]
@@ -82,8 +87,43 @@ def candidates(tables, baseline):
                          "cf_weight": cf_weight, "seeds": len(cell),
                          "val_map": float(cell.val_map.mean()),
                          **report.summarise_cell(results, cell, ratio)})
+    choose_knobs(tables, rows, same_option or {})
     report.correct_together(rows)
     return sorted(rows, key=lambda r: (r["label_ratio"], r["option"], r["arm"]))
+
+
+def choose_knobs(tables, rows, same_option):
+    """`same_option` maps an experiment's name to the experiment it repeats at another value
+    of the option's own knob. Per (option, arm, label ratio), the row with the best mean
+    validation mAP over the seeds all of them finished keeps its test; the others lose their
+    gain and p-value and name the chosen experiment in `knob_lost_to`."""
+    for name, option in same_option.items():
+        for experiment in (name, option):
+            if experiment not in tables:
+                raise UserError(f"--same_option: {name}={option}: no experiment named "
+                                f"{experiment!r} in --results")
+    groups = {}
+    for r in rows:
+        key = (same_option.get(r["option"], r["option"]), r["arm"], r["label_ratio"])
+        groups.setdefault(key, []).append(r)
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        cells = [_val_map(tables[r["option"]], r) for r in group]
+        common = sorted(set.intersection(*(set(cell.index) for cell in cells)))
+        scores = [float(cell[common].mean()) if common else float("-inf") for cell in cells]
+        best = group[scores.index(max(scores))]
+        for r in group:
+            if r is not best:
+                for key in ("gain", "gain_ci", "p_value"):
+                    r.pop(key, None)
+                r["knob_lost_to"] = best["option"]
+
+
+def _val_map(table, row):
+    """Validation mAP per seed of the cell of `row` (its arm, label ratio and λ)."""
+    return table[(table.arm == row["arm"]) & (table.label_ratio == row["label_ratio"])
+                 & (table.cf_weight == row["cf_weight"])].set_index("seed").val_map
 
 
 def choose(tables, baseline, rows):
@@ -96,12 +136,8 @@ def choose(tables, baseline, rows):
         base = baseline[baseline.label_ratio == ratio].set_index("seed").val_map
         cells = {("—", report.BASELINE, 0.0): base}
         for r in rows:
-            if r["label_ratio"] != ratio:
-                continue
-            table = tables[r["option"]]
-            cells[(r["option"], r["arm"], r["cf_weight"])] = table[
-                (table.arm == r["arm"]) & (table.label_ratio == ratio)
-                & (table.cf_weight == r["cf_weight"])].set_index("seed").val_map
+            if r["label_ratio"] == ratio and "knob_lost_to" not in r:
+                cells[(r["option"], r["arm"], r["cf_weight"])] = _val_map(tables[r["option"]], r)
         common = set.intersection(*(set(values.index) for values in cells.values()))
         if not common:
             continue
@@ -112,13 +148,13 @@ def choose(tables, baseline, rows):
     return chosen
 
 
-def write(out_dir, named_dirs, command, log=print):
+def write(out_dir, named_dirs, command, log=print, same_option=None):
     """Reads the experiments, writes screening.md, screening.csv (one row per arm) and
     chosen.csv (one row per label ratio: the configuration chosen on validation) into
-    `out_dir`; returns the rows."""
+    `out_dir`; returns the rows. `same_option`: see choose_knobs."""
     tables = read_results(named_dirs)
     baseline = shared_baseline(tables)
-    rows = candidates(tables, baseline)
+    rows = candidates(tables, baseline, same_option)
     if not rows:
         raise UserError("--results: no arm other than image-only in any experiment")
     chosen = choose(tables, baseline, rows)
@@ -130,14 +166,20 @@ def write(out_dir, named_dirs, command, log=print):
         "Experiments: " + ", ".join(f"`{o}` ({d})" for o, d in named_dirs.items()) + ". "
         "Each row is one arm of one experiment at the λ chosen on its mean validation mAP; "
         "the gain is paired with the image-only cells shared by all experiments (checked "
-        f"equal); the p-values of all {tests} comparisons are Holm-corrected together.", "",
+        f"equal); the p-values of all {tests} comparisons are Holm-corrected together."
+        + (" An experiment that repeats another at a second value of the option's own knob "
+           "is tested only where its validation mAP is the better of the two; elsewhere its "
+           "row says which value validation chose, and it has no test." if same_option
+           else ""), "",
         "| label ratio | experiment | arm | λ (on val) | seeds | validation mAP | "
         "test macro mAP | gain vs image-only | 95% CI | p | p (Holm) | significant |",
         "|" + " --- |" * 12]
     for r in rows:
         gain = report.gain_cells(r, corrected=True)
         lines.append("| " + " | ".join([
-            f"{r['label_ratio']:g}", r["option"], r["arm"], f"{r['cf_weight']:g}",
+            f"{r['label_ratio']:g}",
+            r["option"] + (f" (validation chose {r['knob_lost_to']})" if "knob_lost_to" in r
+                           else ""), r["arm"], f"{r['cf_weight']:g}",
             f"{r['seeds']}", f"{r['val_map']:.4f}", f"{r['map']:.4f} ± {r['map_ci']:.4f}",
             *gain]) + " |")
     lines += ["", "## Chosen on validation", "",

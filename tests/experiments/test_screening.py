@@ -99,3 +99,27 @@ def test_command_line(tmp_path):
     bad = subprocess.run(command[:-1] + ["--results=a=" + str(tmp_path)],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "cfimage.screen: error: --results" in bad.stderr
+
+
+def test_an_options_own_knob_is_chosen_on_validation(tmp_path):
+    named = _experiments(tmp_path)
+    # a2: a's option at another value of its knob; better on validation (0.65 > 0.6), worse
+    # on test (diffs .01 .01 .01).
+    named["a2"] = _write(tmp_path / "a2", _rows("image_only", 0.0, [0.5] * 3, BASE_TEST)
+                         + _rows("multitask", 1.0, [0.65] * 3, [0.41, 0.51, 0.61]))
+    tables = screening.read_results(named)
+    baseline = screening.shared_baseline(tables)
+    rows = {r["option"]: r for r in screening.candidates(tables, baseline, {"a2": "a"})}
+    assert rows["a"]["knob_lost_to"] == "a2"
+    assert "p_value" not in rows["a"] and "p_holm" not in rows["a"]  # untested
+    assert rows["a2"]["gain"] == pytest.approx(2.0) and "knob_lost_to" not in rows["a2"]
+    # Holm over the 2 tested rows (a2, b) only: b's p is 1; a2's differences are constant.
+    assert rows["b"]["p_holm"] == pytest.approx(1.0)
+    best, scores, _ = screening.choose(tables, baseline, list(rows.values()))[0.1]
+    assert best == ("a2", "multitask", 1.0) and ("a", "multitask", 1.0) not in scores
+    rows = screening.write(str(tmp_path / "out"), named, "cmd", log=lambda m: 0,
+                           same_option={"a2": "a"})
+    text = (tmp_path / "out" / "screening.md").read_text()
+    assert "| 0.1 | a (validation chose a2) | multitask | 1 |" in text
+    with pytest.raises(UserError, match="no experiment named 'c'"):
+        screening.candidates(tables, baseline, {"c": "a"})
